@@ -1,0 +1,56 @@
+// Decoding of one compressed unit (qcow2 cluster, VMDK grain) with bounded output: never more
+// than the unit's size is produced, trailing bytes after the stream are ignored (qcow2 pads to
+// sectors), and any decoding failure becomes an IMAGE_CORRUPT error naming the host offset.
+import { constants as zc, inflateRawSync, inflateSync } from 'node:zlib';
+import { createRequire } from 'node:module';
+import { corrupt } from '../errors.js';
+import type { Codec } from './types.js';
+
+const require = createRequire(import.meta.url);
+// zstd-napi's low-level binding gives streaming decode that stops when the output is full.
+const zstdBinding = require('zstd-napi/binding.js') as typeof import('zstd-napi/binding.js');
+
+let zstdContext: InstanceType<typeof zstdBinding.DCtx> | undefined;
+
+function decodeZstd(input: Buffer, unitSize: number): Buffer {
+  zstdContext ??= new zstdBinding.DCtx();
+  const dctx = zstdContext;
+  dctx.reset(zstdBinding.ResetDirective.sessionOnly);
+  const out = Buffer.alloc(unitSize);
+  let produced = 0;
+  let consumed = 0;
+  // Several frames may follow each other; stop as soon as one unit of output is there.
+  while (produced < unitSize && consumed < input.length) {
+    const [, wrote, read] = dctx.decompressStream(out.subarray(produced), input.subarray(consumed));
+    produced += wrote;
+    consumed += read;
+    if (wrote === 0 && read === 0) break;
+  }
+  return out.subarray(0, produced);
+}
+
+/**
+ * Decompresses one unit. Returns exactly `unitSize` bytes, or throws IMAGE_CORRUPT (`where` names
+ * the unit, e.g. "cluster at host offset 0x50000").
+ */
+export function decompressUnit(codec: Codec, input: Buffer, unitSize: number, where: string): Buffer {
+  let out: Buffer;
+  try {
+    const opts = { finishFlush: zc.Z_SYNC_FLUSH, maxOutputLength: unitSize };
+    if (codec === 'deflate') out = inflateRawSync(input, opts);
+    else if (codec === 'zlib') out = inflateSync(input, opts);
+    else out = decodeZstd(input, unitSize);
+  } catch (err) {
+    throw corrupt(`${where}: compressed data cannot be decoded (${codec}): ${(err as Error).message}`, {
+      codec,
+    });
+  }
+  if (out.length !== unitSize) {
+    throw corrupt(`${where}: compressed data decodes to ${out.length} bytes instead of ${unitSize} (${codec})`, {
+      codec,
+      expected: unitSize,
+      actual: out.length,
+    });
+  }
+  return out;
+}
