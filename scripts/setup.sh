@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what Ferry and its tests need on a Debian machine (run as root): the Debian packages
+# (qemu-utils is the oracle for image content, fdisk/e2fsprogs/dosfstools build test disks), the
+# npm dependencies, and the compiled build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+command -v sfdisk >/dev/null || need+=(fdisk)
+command -v mke2fs >/dev/null || need+=(e2fsprogs)
+command -v mkfs.vfat >/dev/null || need+=(dosfstools)
+command -v tar >/dev/null || need+=(tar)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need[*]}"
+  if [ "$(id -u)" -ne 0 ]; then echo "setup: need root to install ${need[*]} (run with sudo)" >&2; exit 1; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: installing npm dependencies"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+echo "setup: building"
+npx tsc -p tsconfig.json
