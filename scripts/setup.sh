@@ -10,6 +10,7 @@ command -v sfdisk >/dev/null || need+=(fdisk)
 command -v mke2fs >/dev/null || need+=(e2fsprogs)
 command -v mkfs.vfat >/dev/null || need+=(dosfstools)
 command -v tar >/dev/null || need+=(tar)
+command -v genisoimage >/dev/null || need+=(genisoimage)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
   if [ "$(id -u)" -ne 0 ]; then echo "setup: need root to install ${need[*]} (run with sudo)" >&2; exit 1; fi

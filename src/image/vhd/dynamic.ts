@@ -89,7 +89,7 @@ export function bitmapSize(blockSize: number): number {
 }
 
 export function isPowerOfTwo(n: number): boolean {
-  return n > 0 && Number.isSafeInteger(n) && (n & (n - 1)) === 0 && n <= 0x80000000 ? true : n === 0x80000000;
+  return Number.isSafeInteger(n) && n > 0 && 2 ** Math.round(Math.log2(n)) === n;
 }
 
 const PAGE_ENTRIES = 16384; // 64 KiB of BAT per page
