@@ -6,7 +6,12 @@ import { describeFailure, runDecodeJob, type DecodeJob, type DecodeReply } from 
 const port = parentPort;
 if (!port) throw new Error('decompress-worker.js must run as a worker thread');
 
-port.on('message', (job: DecodeJob) => {
+port.on('message', (job: DecodeJob | { stop: true }) => {
+  if ('stop' in job) {
+    // Graceful stop requested by DecompressPool.close(): closing the port ends the thread.
+    port.close();
+    return;
+  }
   let reply: DecodeReply;
   try {
     const out = runDecodeJob(job.inputs, job.outLength, job.ops, job.names);
