@@ -221,7 +221,9 @@ export async function buildReferenceDiskDetailed(dir: string, opts: ReferenceDis
     // Partition 2: FAT, with a few files when mtools is available.
     if (await haveTool('mkfs.vfat')) {
       const mkfs = await toolPath('mkfs.vfat');
-      await run(mkfs, ['--invariant', '-i', '5eed5eed', '-n', 'FERRYDATA', '-F', String(fatBits), `--offset=${p2Start}`, path, String((p2Size * SECTOR) / 1024)]);
+      // Small FAT16 volumes need 512-byte clusters to reach FAT16's minimum cluster count.
+      const cluster = fatBits === 16 && p2Size * SECTOR < 32 * MIB ? ['-s', '1'] : [];
+      await run(mkfs, ['--invariant', '-i', '5eed5eed', '-n', 'FERRYDATA', '-F', String(fatBits), ...cluster, `--offset=${p2Start}`, path, String((p2Size * SECTOR) / 1024)]);
       if (await haveTool('mcopy')) {
         const mcopy = await toolPath('mcopy');
         const blob = join(stage, 'fat-blob.bin');
