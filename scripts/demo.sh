@@ -16,12 +16,12 @@ cp /usr/bin/env /usr/bin/tar "$work/files/"
 head -c 8M /dev/urandom >"$work/files/random.bin"
 head -c 8M /dev/zero >"$work/files/zeros.bin"
 truncate -s 256M "$work/disk.raw"
-printf 'label: gpt\nstart=2048, size=400000, type=0FC63DAF-8483-4772-8E7D-3D69D8477DE4, name="root"\n' | sfdisk -q "$work/disk.raw"
+printf 'label: gpt\nstart=2048, size=400000, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="root"\n' | sfdisk -q "$work/disk.raw"
 mke2fs -q -t ext4 -d "$work/files" -E offset=$((2048 * 512)) "$work/disk.raw" 200000k
 
 echo "== exporting it as qcow2 (zlib-compressed), VHD (dynamic) and VMDK (streamOptimized) with qemu-img"
 qemu-img convert -c -O qcow2 "$work/disk.raw" "$work/disk.qcow2"
-qemu-img convert -O vpc -o subformat=dynamic "$work/disk.raw" "$work/disk.vhd"
+qemu-img convert -O vpc -o subformat=dynamic,force_size=on "$work/disk.raw" "$work/disk.vhd"
 qemu-img convert -O vmdk -o subformat=streamOptimized "$work/disk.raw" "$work/disk.vmdk"
 
 echo

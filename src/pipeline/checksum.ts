@@ -15,11 +15,17 @@ export interface ChecksumResult {
 
 const ZEROS = Buffer.alloc(1024 * 1024);
 
-export async function checksumVirtual(image: DiskImage, opts: StreamOptions = {}): Promise<ChecksumResult> {
+export interface ChecksumOptions extends StreamOptions {
+  /** Called after each chunk with the virtual position reached. */
+  onProgress?: (position: number) => void;
+}
+
+export async function checksumVirtual(image: DiskImage, opts: ChecksumOptions = {}): Promise<ChecksumResult> {
+  const { onProgress, ...stream } = opts;
   const hash = createHash('sha256');
   let bytes = 0;
   let dataBytes = 0;
-  for await (const c of streamVirtual(image, opts)) {
+  for await (const c of streamVirtual(image, stream)) {
     if (c.data) {
       hash.update(c.data);
       dataBytes += c.length;
@@ -29,6 +35,7 @@ export async function checksumVirtual(image: DiskImage, opts: StreamOptions = {}
       }
     }
     bytes += c.length;
+    onProgress?.(c.offset + c.length);
   }
   return { sha256: hash.digest('hex'), bytes, dataBytes };
 }
