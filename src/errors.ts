@@ -10,7 +10,9 @@ export const ExitCode = {
   UNSUPPORTED: 4, // not a supported format, or an unsupported feature of one
   UNREADABLE: 5, // the file cannot be opened or read (missing, permission, I/O error)
   REFUSED: 6, // refused by policy: a host-path reference (backing file, extent) not allowed
+  TARGET: 7, // the output cannot be written: exists, no space, read-only, in use, too small
   USAGE: 64, // bad command line
+  INTERRUPTED: 130, // stopped by SIGINT/SIGTERM (128 + 2)
   INTERNAL: 70, // a bug in Ferry
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
@@ -32,6 +34,13 @@ export const ErrorCodes = {
   IMAGE_PATH_REFUSED: ExitCode.REFUSED,
   IMAGE_BACKING_MISSING: ExitCode.UNREADABLE,
   IMAGE_CHAIN_TOO_DEEP: ExitCode.REFUSED,
+  TARGET_EXISTS: ExitCode.TARGET,
+  TARGET_NOT_FOUND: ExitCode.TARGET,
+  TARGET_NOT_WRITABLE: ExitCode.TARGET,
+  TARGET_NO_SPACE: ExitCode.TARGET,
+  TARGET_IN_USE: ExitCode.TARGET,
+  TARGET_TOO_SMALL: ExitCode.TARGET,
+  INTERRUPTED: ExitCode.INTERRUPTED,
 } as const;
 export type ErrorCode = keyof typeof ErrorCodes;
 

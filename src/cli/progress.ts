@@ -1,5 +1,6 @@
-// Progress display for long work: a bar with rate and ETA on an interactive terminal (stderr),
-// nothing otherwise (scripts use --json and get one result document).
+// Progress display for long work: a bar with rate and ETA on an interactive terminal (stderr); with
+// --json, one JSON line per second on stderr ({"progress": {...}}) so scripts can follow along while
+// stdout stays one result document; nothing otherwise.
 import cliProgress from 'cli-progress';
 import { humanBytes } from './format.js';
 
@@ -8,9 +9,34 @@ export interface Progress {
   stop(): void;
 }
 
-export function startProgress(label: string, total: number, enabled: boolean): Progress {
-  if (!enabled || !process.stderr.isTTY || total <= 0) return { update: () => {}, stop: () => {} };
+const NONE: Progress = { update: () => {}, stop: () => {} };
+
+export function startProgress(label: string, total: number, json: boolean): Progress {
+  if (total <= 0) return NONE;
   const started = Date.now();
+  if (json) {
+    let last = 0;
+    let done = 0;
+    const emit = () => {
+      const secs = Math.max(0.001, (Date.now() - started) / 1000);
+      const rate = done / secs;
+      const eta = rate > 0 ? Math.round((total - done) / rate) : null;
+      process.stderr.write(JSON.stringify({ progress: { task: label, done, total, percent: Math.floor((done / total) * 1000) / 10, bytesPerSecond: Math.round(rate), etaSeconds: eta } }) + '\n');
+    };
+    return {
+      update(d) {
+        done = d;
+        if (Date.now() - last >= 1000) {
+          last = Date.now();
+          emit();
+        }
+      },
+      stop() {
+        if (last !== 0) emit();
+      },
+    };
+  }
+  if (!process.stderr.isTTY) return NONE;
   const bar = new cliProgress.SingleBar(
     {
       stream: process.stderr,

@@ -42,15 +42,6 @@ export interface UnitOp {
 
 export type DecodeOp = CopyOp | FillOp | UnitOp;
 
-export interface DecodeJob {
-  id: number;
-  /** Input buffers (transferred to the worker, not copied). */
-  inputs: ArrayBuffer[];
-  outLength: number;
-  ops: DecodeOp[];
-  names: string[];
-}
-
 /** A failure as it crosses the thread boundary; revived into a FerryError on the main thread. */
 export interface DecodeFailure {
   code: string;
@@ -58,8 +49,6 @@ export interface DecodeFailure {
   remedy?: string;
   details?: Record<string, unknown>;
 }
-
-export type DecodeReply = { id: number; out: ArrayBuffer } | { id: number; error: DecodeFailure };
 
 type Input = ArrayBuffer | Buffer;
 

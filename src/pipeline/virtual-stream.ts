@@ -16,7 +16,7 @@ import type { ByteSource } from '../io/byte-source.js';
 import type { DiskImage } from '../image/types.js';
 import { planChunks, type PlanItem } from './chunk-plan.js';
 import { runDecodeJob, type DecodeOp } from './decode-job.js';
-import { DecompressPool } from './worker-pool.js';
+import { WorkerPool } from './worker-pool.js';
 
 export interface VirtualChunk {
   /** Virtual offset. */
@@ -39,6 +39,13 @@ export interface StreamOptions {
   maxInFlightBytes?: number;
   /** Zero runs shorter than this inside data are read into the data chunk (default 0: never). */
   minZeroRun?: number;
+  /**
+   * Data chunks start and end on multiples of this (default 1): zero bytes sharing an aligned
+   * block with data are read into the data chunk. A writer's unit size (cluster, grain).
+   */
+  align?: number;
+  /** A pool to decode on (shared with other work; not closed by the stream). */
+  pool?: WorkerPool;
 }
 
 export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
@@ -158,15 +165,20 @@ export async function* streamVirtual(image: DiskImage, opts: StreamOptions = {})
   const workers = opts.workers ?? availableParallelism();
   const maxInFlight = opts.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT;
   const minZeroRun = opts.minZeroRun ?? 0;
+  const align = opts.align ?? 1;
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > image.virtualSize) {
     throw usage(`range of ${length} bytes at ${offset} is outside the ${image.virtualSize}-byte disk ${image.name}`);
   }
   if (!Number.isSafeInteger(chunkSize) || chunkSize < 512) throw usage(`chunkSize must be an integer ≥ 512, not ${chunkSize}`);
   if (!Number.isInteger(workers) || workers < 0) throw usage(`workers must be an integer ≥ 0, not ${workers}`);
+  if (!Number.isSafeInteger(align) || align < 1 || chunkSize % align !== 0 || offset % align !== 0) {
+    throw usage(`align (${align}) must divide chunkSize (${chunkSize}) and the start offset (${offset})`);
+  }
   if (!(maxInFlight > 0)) throw usage(`maxInFlightBytes must be positive, not ${maxInFlight}`);
 
-  const planner = planChunks(image, { offset, length, chunkSize, minZeroRun });
-  let pool: DecompressPool | undefined;
+  const planner = planChunks(image, { offset, length, chunkSize, minZeroRun, align });
+  let pool: WorkerPool | undefined = opts.pool;
+  const ownPool = !opts.pool;
   let finished = false;
   const queue: { cost: number; chunk: Promise<VirtualChunk> }[] = [];
   let inFlight = 0;
@@ -187,8 +199,9 @@ export async function* streamVirtual(image: DiskImage, opts: StreamOptions = {})
     }
     if (!plan.compressed || workers === 0) return { ...base, data: runDecodeJob(bufs, item.length, plan.ops, plan.names) };
     if (finished) throw new FerryError('INTERNAL', 'read finished', { remedy: 'none' });
-    pool ??= new DecompressPool(workers);
-    const out = await pool.run({ inputs: bufs.map((b) => b.buffer as ArrayBuffer), outLength: item.length, ops: plan.ops, names: plan.names });
+    pool ??= new WorkerPool(workers);
+    const inputs = bufs.map((b) => b.buffer as ArrayBuffer);
+    const out = await pool.run<ArrayBuffer>({ type: 'decode', inputs, outLength: item.length, ops: plan.ops, names: plan.names }, inputs);
     return { ...base, data: Buffer.from(out) };
   };
 
@@ -243,7 +256,7 @@ export async function* streamVirtual(image: DiskImage, opts: StreamOptions = {})
     }
   } finally {
     finished = true;
-    await pool?.close();
+    if (ownPool) await pool?.close();
     await Promise.allSettled(queue.map((q) => q.chunk));
     await planner.return(undefined);
   }

@@ -1,15 +1,24 @@
-// The decompression worker pool: N worker_threads running decompress-worker.js, a FIFO of decode
-// jobs, up to two jobs outstanding per worker (so a worker never idles waiting for the next
-// message), input/output ArrayBuffers transferred rather than copied. Workers are ref'd only while
-// they hold work, so an abandoned pool never keeps the process alive; close() terminates them all.
+// The worker pool: N worker_threads running pool-worker.js, a FIFO of jobs (decoding a chunk of
+// compressed units, or encoding a chunk into zero-detected, compressed units), up to two jobs
+// outstanding per worker (so a worker never idles waiting for the next message), buffers
+// transferred rather than copied. Workers are ref'd only while they hold work, so an abandoned
+// pool never keeps the process alive; close() stops them all.
 import { Worker } from 'node:worker_threads';
 import { FerryError } from '../errors.js';
-import { reviveFailure, type DecodeJob, type DecodeReply } from './decode-job.js';
+import { reviveFailure, type DecodeFailure } from './decode-job.js';
+
+/** A job as posted to a worker: `type` selects the handler in pool-worker.ts. */
+export interface PoolJob {
+  type: string;
+  id: number;
+}
+
+export type PoolReply = { id: number; result: unknown } | { id: number; error: DecodeFailure };
 
 const PER_WORKER = 2;
 
 interface Pending {
-  resolve: (out: ArrayBuffer) => void;
+  resolve: (result: unknown) => void;
   reject: (err: Error) => void;
 }
 
@@ -19,7 +28,8 @@ interface Slot {
 }
 
 interface Queued extends Pending {
-  job: DecodeJob;
+  job: PoolJob;
+  transfer: ArrayBuffer[];
 }
 
 let liveWorkers = 0;
@@ -29,7 +39,7 @@ export function activeWorkerCount(): number {
   return liveWorkers;
 }
 
-export class DecompressPool {
+export class WorkerPool {
   private readonly slots: Slot[] = [];
   private readonly queue: Queued[] = [];
   private nextId = 1;
@@ -46,11 +56,14 @@ export class DecompressPool {
     return this.slots.length;
   }
 
-  /** Runs a job (its `id` is assigned here); its input buffers are transferred (detached). */
-  run(job: Omit<DecodeJob, 'id'>): Promise<ArrayBuffer> {
+  /**
+   * Runs a job (its `id` is assigned here); the buffers in `transfer` are moved to the worker
+   * (detached here). Resolves to the handler's result.
+   */
+  run<R>(job: Omit<PoolJob, 'id'> & Record<string, unknown>, transfer: ArrayBuffer[] = []): Promise<R> {
     if (this.closed) return Promise.reject(this.failure ?? closedError());
-    return new Promise<ArrayBuffer>((resolve, reject) => {
-      this.queue.push({ job: { ...job, id: this.nextId++ }, resolve, reject });
+    return new Promise<R>((resolve, reject) => {
+      this.queue.push({ job: { ...job, id: this.nextId++ } as PoolJob, transfer, resolve: resolve as (r: unknown) => void, reject });
       this.pump();
     });
   }
@@ -64,28 +77,28 @@ export class DecompressPool {
       const q = this.queue.shift()!;
       if (slot.jobs.size === 0) slot.worker.ref();
       slot.jobs.set(q.job.id, { resolve: q.resolve, reject: q.reject });
-      slot.worker.postMessage(q.job, q.job.inputs);
+      slot.worker.postMessage(q.job, q.transfer);
     }
   }
 
   private spawn(): Slot {
-    const worker = new Worker(new URL('./decompress-worker.js', import.meta.url));
+    const worker = new Worker(new URL('./pool-worker.js', import.meta.url));
     liveWorkers++;
     const slot: Slot = { worker, jobs: new Map() };
     this.slots.push(slot);
     worker.unref();
-    worker.on('message', (reply: DecodeReply) => {
+    worker.on('message', (reply: PoolReply) => {
       const p = slot.jobs.get(reply.id);
       if (!p) return;
       slot.jobs.delete(reply.id);
       if (slot.jobs.size === 0 && !this.closed) worker.unref();
-      if ('out' in reply) p.resolve(reply.out);
-      else p.reject(reviveFailure(reply.error));
+      if ('error' in reply) p.reject(reviveFailure(reply.error));
+      else p.resolve(reply.result);
       this.pump();
     });
     worker.on('error', (err) => {
       this.fail(
-        new FerryError('INTERNAL', `decompression worker failed: ${err.message}`, {
+        new FerryError('INTERNAL', `pool worker failed: ${err.message}`, {
           remedy: 'This is a bug in Ferry (or the machine ran out of memory); please report it.',
           cause: err,
         }),
@@ -97,7 +110,7 @@ export class DecompressPool {
       if (i >= 0) this.slots.splice(i, 1);
       if (!this.closed) {
         this.fail(
-          new FerryError('INTERNAL', 'a decompression worker exited unexpectedly', {
+          new FerryError('INTERNAL', 'a pool worker exited unexpectedly', {
             remedy: 'This is a bug in Ferry (or the machine ran out of memory); please report it.',
           }),
         );
@@ -148,7 +161,7 @@ function stopWorker(worker: Worker): Promise<void> {
 }
 
 function closedError(): FerryError {
-  return new FerryError('INTERNAL', 'the decompression pool was closed', {
+  return new FerryError('INTERNAL', 'the worker pool was closed', {
     remedy: 'This is a bug in Ferry: work was submitted after the read finished; please report it.',
   });
 }

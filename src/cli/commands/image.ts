@@ -10,6 +10,7 @@ import { makeOutput } from '../output.js';
 import { startProgress } from '../progress.js';
 import type { RunState } from '../main.js';
 import { formatOption } from './shared.js';
+import { registerImageWriteCommands } from './image-write.js';
 
 interface OpenFlags {
   json?: boolean;
@@ -27,7 +28,8 @@ async function withImage<T>(path: string, flags: OpenFlags, fn: (image: DiskImag
 }
 
 export function registerImageCommands(program: Command, state: RunState): void {
-  const image = program.command('image').description('inspect and check disk images');
+  const image = program.command('image').description('inspect, check, convert, compare and create disk images');
+  registerImageWriteCommands(image, state);
 
   image
     .command('info')
@@ -51,7 +53,7 @@ export function registerImageCommands(program: Command, state: RunState): void {
     .option('--allow-backing', 'follow backing files / parents in the image directory')
     .action(async (path: string, flags: OpenFlags & { deep?: boolean }) => {
       const doc = await withImage(path, flags, async (img) => {
-        const bar = flags.deep ? startProgress('deep check', img.virtualSize, !flags.json) : undefined;
+        const bar = flags.deep ? startProgress('deep check', img.virtualSize, !!flags.json) : undefined;
         try {
           return await checkImage(img, { deep: !!flags.deep, ...(bar ? { onProgress: (p: number) => bar.update(p) } : {}) });
         } finally {
@@ -83,7 +85,7 @@ export function registerImageCommands(program: Command, state: RunState): void {
     .option('--allow-backing', 'follow backing files / parents in the image directory')
     .action(async (path: string, flags: OpenFlags) => {
       const doc = await withImage(path, flags, async (img) => {
-        const bar = startProgress('checksum', img.virtualSize, !flags.json);
+        const bar = startProgress('checksum', img.virtualSize, !!flags.json);
         try {
           return await checksumImage(img, (p) => bar.update(p));
         } finally {

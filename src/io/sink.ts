@@ -1,0 +1,293 @@
+// Output targets for writers: a new image file written under a temporary name in the target's
+// directory and renamed into place only when complete (a failed or killed run never leaves a file
+// that looks finished), or a block device written in place (opened O_EXCL, so a mounted or
+// otherwise busy device is refused). Write errors become FerryErrors naming the cause and remedy
+// (full file system, read-only, permission).
+import { constants, type FileHandle, open, rename, rm, stat, statfs } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import fsExt from 'fs-ext';
+import { FerryError } from '../errors.js';
+
+const SEEK_END = 2;
+
+export interface Sink {
+  /** The final path (for messages and names written into images, e.g. a VMDK extent name). */
+  readonly path: string;
+  readonly isBlockDevice: boolean;
+  /** Size of the device (block devices), or undefined for files. */
+  readonly deviceSize: number | undefined;
+  /** Writes all of `buf` at `position`. */
+  write(buf: Buffer, position: number): Promise<void>;
+  /** Writes several buffers back to back starting at `position`. */
+  writev(bufs: Buffer[], position: number): Promise<void>;
+  /** Sets the file length (files only; extends with a hole). */
+  truncate(size: number): Promise<void>;
+  /** Flushes to stable storage and puts the file in place under its final name. */
+  commit(): Promise<void>;
+  /** Removes the temporary file (files) and closes. Idempotent; never throws. */
+  abort(): Promise<void>;
+}
+
+export interface SinkOptions {
+  /** Replace an existing regular file at the path (default: refuse). */
+  overwrite?: boolean;
+}
+
+/** Temporary files of unfinished conversions are named `.NAME.ferry-partial-XXXXXX`. */
+export const PARTIAL_MARK = '.ferry-partial-';
+
+function targetError(err: unknown, path: string, what: string): FerryError {
+  if (err instanceof FerryError) return err;
+  const e = err as NodeJS.ErrnoException;
+  switch (e?.code) {
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new FerryError('TARGET_NO_SPACE', `${path}: no space left on the target file system while ${what}`, {
+        remedy: 'Free space on the target file system (or choose another directory), then run the command again; `ferry image measure` estimates the size needed.',
+        cause: err,
+      });
+    case 'EROFS':
+      return new FerryError('TARGET_NOT_WRITABLE', `${path}: the target file system is read-only`, {
+        remedy: 'Write the output to a writable file system.',
+        cause: err,
+      });
+    case 'EACCES':
+    case 'EPERM':
+      return new FerryError('TARGET_NOT_WRITABLE', `${path}: permission denied while ${what}`, {
+        remedy: 'Choose an output path you may write to, fix the directory permissions, or run as a user that may write there (block devices need root).',
+        cause: err,
+      });
+    case 'ENOENT':
+    case 'ENOTDIR':
+      return new FerryError('TARGET_NOT_FOUND', `${path}: the directory ${dirname(path)} does not exist`, {
+        remedy: 'Create the directory first, or give an output path in an existing directory.',
+        cause: err,
+      });
+    case 'EBUSY':
+      return new FerryError('TARGET_IN_USE', `${path}: the device is in use (mounted, or held by another program)`, {
+        remedy: 'Unmount it and stop whatever uses it (check `lsblk`, `fuser -vm DEVICE`), then run the command again.',
+        cause: err,
+      });
+    case 'EISDIR':
+      return new FerryError('TARGET_NOT_WRITABLE', `${path}: is a directory`, {
+        remedy: 'Give the path of the output file, not a directory.',
+        cause: err,
+      });
+    default:
+      return new FerryError('IO_ERROR', `${path}: ${what} failed: ${e?.message ?? String(err)}`, {
+        remedy: 'Check the target device or file system (dmesg, free space, permissions).',
+        cause: err,
+      });
+  }
+}
+
+abstract class HandleSink implements Sink {
+  protected closed = false;
+  abstract readonly path: string;
+  abstract readonly isBlockDevice: boolean;
+  abstract readonly deviceSize: number | undefined;
+
+  constructor(protected readonly handle: FileHandle) {}
+
+  async write(buf: Buffer, position: number): Promise<void> {
+    let done = 0;
+    try {
+      while (done < buf.length) {
+        const { bytesWritten } = await this.handle.write(buf, done, buf.length - done, position + done);
+        if (bytesWritten === 0) throw Object.assign(new Error('short write'), { code: 'ENOSPC' });
+        done += bytesWritten;
+      }
+    } catch (err) {
+      throw targetError(err, this.path, `writing ${buf.length} bytes at offset ${position + done}`);
+    }
+  }
+
+  async writev(bufs: Buffer[], position: number): Promise<void> {
+    let total = 0;
+    for (const b of bufs) total += b.length;
+    try {
+      const { bytesWritten } = await this.handle.writev(bufs, position);
+      if (bytesWritten === total) return;
+    } catch (err) {
+      throw targetError(err, this.path, `writing ${total} bytes at offset ${position}`);
+    }
+    // A short vectored write: finish buffer by buffer (rare; normally only on a full disk).
+    let pos = position;
+    for (const b of bufs) {
+      await this.write(b, pos);
+      pos += b.length;
+    }
+  }
+
+  async truncate(size: number): Promise<void> {
+    if (this.isBlockDevice) return;
+    try {
+      await this.handle.truncate(size);
+    } catch (err) {
+      throw targetError(err, this.path, `setting the file size to ${size}`);
+    }
+  }
+
+  protected async syncAndClose(): Promise<void> {
+    try {
+      await this.handle.sync();
+    } catch (err) {
+      throw targetError(err, this.path, 'flushing to disk');
+    }
+    this.closed = true;
+    await this.handle.close();
+  }
+
+  abstract commit(): Promise<void>;
+  abstract abort(): Promise<void>;
+}
+
+/** A new file written as `.NAME.ferry-partial-XXXXXX` next to NAME, renamed into place by commit(). */
+class FileSink extends HandleSink {
+  readonly isBlockDevice = false;
+  readonly deviceSize = undefined;
+  private removed = false;
+
+  constructor(
+    handle: FileHandle,
+    readonly path: string,
+    readonly tempPath: string,
+  ) {
+    super(handle);
+  }
+
+  async commit(): Promise<void> {
+    await this.syncAndClose();
+    try {
+      await rename(this.tempPath, this.path);
+    } catch (err) {
+      await this.abort();
+      throw targetError(err, this.path, 'renaming the finished file into place');
+    }
+    // Make the rename itself durable.
+    try {
+      const dir = await open(dirname(this.path), 'r');
+      await dir.sync().catch(() => {});
+      await dir.close();
+    } catch {
+      // Some file systems cannot open/sync directories: the data itself is synced.
+    }
+  }
+
+  async abort(): Promise<void> {
+    if (!this.closed) {
+      this.closed = true;
+      await this.handle.close().catch(() => {});
+    }
+    if (!this.removed) {
+      this.removed = true;
+      await rm(this.tempPath, { force: true }).catch(() => {});
+    }
+  }
+}
+
+/** A block device written in place. */
+class DeviceSink extends HandleSink {
+  readonly isBlockDevice = true;
+
+  constructor(
+    handle: FileHandle,
+    readonly path: string,
+    readonly deviceSize: number,
+  ) {
+    super(handle);
+  }
+
+  async commit(): Promise<void> {
+    await this.syncAndClose();
+  }
+
+  async abort(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.handle.close().catch(() => {});
+  }
+}
+
+/** Opens `path` for writing a new image (see the module comment). */
+export async function openSink(path: string, opts: SinkOptions = {}): Promise<Sink> {
+  let st: Awaited<ReturnType<typeof stat>> | undefined;
+  try {
+    st = await stat(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw targetError(err, path, 'looking at the target');
+  }
+  if (st?.isBlockDevice()) {
+    let handle: FileHandle;
+    try {
+      // O_EXCL on a block device: EBUSY when it is mounted or opened exclusively elsewhere.
+      handle = await open(path, constants.O_WRONLY | constants.O_EXCL);
+    } catch (err) {
+      throw targetError(err, path, 'opening the device');
+    }
+    return new DeviceSink(handle, path, Number(fsExt.seekSync(handle.fd, 0, SEEK_END)));
+  }
+  if (st?.isDirectory()) throw targetError(Object.assign(new Error('is a directory'), { code: 'EISDIR' }), path, 'opening');
+  if (st && !opts.overwrite) {
+    throw new FerryError('TARGET_EXISTS', `${path}: the output file already exists`, {
+      remedy: 'Choose another output name, delete the file, or pass --overwrite to replace it.',
+    });
+  }
+  if (st && !st.isFile()) {
+    throw new FerryError('TARGET_NOT_WRITABLE', `${path}: is neither a regular file nor a block device`, {
+      remedy: 'Write the image to a regular file or a block device.',
+    });
+  }
+  const tempPath = join(dirname(path), `.${basename(path)}${PARTIAL_MARK}${randomBytes(3).toString('hex')}`);
+  let handle: FileHandle;
+  try {
+    handle = await open(tempPath, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o644);
+  } catch (err) {
+    throw targetError(err, path, 'creating the output file');
+  }
+  return new FileSink(handle, path, tempPath);
+}
+
+/** Free bytes for an unprivileged writer on the file system holding `path`'s directory. */
+export async function freeSpace(path: string): Promise<number | undefined> {
+  try {
+    const s = await statfs(dirname(path));
+    return s.bavail * s.bsize;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Gathers writes that continue each other into one vectored write (writers append most of their
+ * output sequentially); a write elsewhere, or enough pending bytes, flushes.
+ */
+export class WriteBatcher {
+  private bufs: Buffer[] = [];
+  private at = 0;
+  private len = 0;
+
+  constructor(
+    private readonly sink: Sink,
+    private readonly limit = 8 * 1024 * 1024,
+  ) {}
+
+  async put(buf: Buffer, position: number): Promise<void> {
+    if (buf.length === 0) return;
+    if (this.len > 0 && this.at + this.len !== position) await this.flush();
+    if (this.len === 0) this.at = position;
+    this.bufs.push(buf);
+    this.len += buf.length;
+    if (this.len >= this.limit) await this.flush();
+  }
+
+  async flush(): Promise<void> {
+    if (this.len === 0) return;
+    const bufs = this.bufs;
+    const at = this.at;
+    this.bufs = [];
+    this.len = 0;
+    await this.sink.writev(bufs, at);
+  }
+}

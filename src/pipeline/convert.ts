@@ -1,0 +1,225 @@
+// The conversion engine, one pipeline for every source/target pair:
+//   source extents (streamVirtual: zero runs skipped, data chunks aligned to the writer's units,
+//   compressed sources decoded on the pool) → zero detection per unit → compression of the units
+//   on the same worker pool (all cores, bounded queue) → the writer, in virtual order.
+// The output is written under a temporary name and renamed into place only when complete (see
+// io/sink.ts); any failure or interruption removes it. Memory is bounded by the readahead and
+// encode windows, not by the disk size.
+//
+// Example:
+//   const img = await openImage('disk.raw');
+//   await convertImage(img, 'disk.qcow2', { format: 'qcow2', compress: 'zstd' });
+import { availableParallelism } from 'node:os';
+import { realpath } from 'node:fs/promises';
+import { FerryError } from '../errors.js';
+import { freeSpace, openSink, type Sink } from '../io/sink.js';
+import type { DiskImage } from '../image/types.js';
+import type { DataRun, ImageWriter, WriteSpec, WriteSummary } from '../image/writer.js';
+import { createWriter } from '../image/writers.js';
+import { UNIT_COMPRESSED, UNIT_FIELDS, encodeChunk } from './encode-job.js';
+import type { EncodeResult } from './pool-worker.js';
+import { streamVirtual, type VirtualChunk } from './virtual-stream.js';
+import { WorkerPool } from './worker-pool.js';
+
+export interface ConvertProgress {
+  /** Virtual bytes done (written or skipped as zero). */
+  position: number;
+  total: number;
+  /** Source data bytes read so far. */
+  dataBytes: number;
+}
+
+export interface ConvertOptions {
+  /** Replace an existing output file. */
+  overwrite?: boolean;
+  /** Worker threads for compression and decompression (default: all cores). */
+  workers?: number;
+  /** Bound on source bytes being encoded ahead of the writer (default 64 MiB). */
+  maxInFlightBytes?: number;
+  onProgress?: (p: ConvertProgress) => void;
+  /** Aborting stops the conversion with INTERRUPTED and removes the partial output. */
+  signal?: AbortSignal;
+}
+
+export interface ConvertResult {
+  source: { image: string; format: string; virtualSize: number };
+  output: WriteSummary & { path: string };
+  /** Source data bytes read (zero/unallocated ranges are not read). */
+  dataBytes: number;
+  /** Output units stored compressed / raw. */
+  units: { compressed: number; raw: number };
+  seconds: number;
+}
+
+const DEFAULT_IN_FLIGHT = 64 * 1024 * 1024;
+const MIN_CHUNK = 4 * 1024 * 1024;
+
+interface Pending {
+  cost: number;
+  runs: Promise<DataRun[]>;
+}
+
+function interrupted(): FerryError {
+  return new FerryError('INTERRUPTED', 'the conversion was interrupted; the partial output was removed', {
+    remedy: 'Run the command again to convert from the start.',
+  });
+}
+
+/** Refuses to write over the image being read. */
+async function refuseSameFile(image: DiskImage, dst: string): Promise<void> {
+  let a: string;
+  let b: string;
+  try {
+    [a, b] = await Promise.all([realpath(image.name), realpath(dst)]);
+  } catch {
+    return; // the output does not exist yet (or the source is inside a container)
+  }
+  if (a === b) {
+    throw new FerryError('USAGE', `${dst} is the image being converted; Ferry will not write over its own input`, {
+      remedy: 'Give a different output path.',
+    });
+  }
+}
+
+/** Bytes an uncompressed output needs at least: the source's data (for a free-space preflight). */
+async function minimumOutputBytes(image: DiskImage): Promise<number> {
+  let data = 0;
+  const window = 1024 * 1024 * 1024;
+  for (let pos = 0; pos < image.virtualSize; pos += window) {
+    for (const s of await image.map(pos, Math.min(window, image.virtualSize - pos))) if (s.source.type !== 'zero') data += s.length;
+  }
+  return data;
+}
+
+export async function convertImage(image: DiskImage, dst: string, spec: WriteSpec, opts: ConvertOptions = {}): Promise<ConvertResult> {
+  const started = process.hrtime.bigint();
+  if (opts.signal?.aborted) throw interrupted();
+  await refuseSameFile(image, dst);
+  const sink = await openSink(dst, { overwrite: opts.overwrite ?? false });
+  let pool: WorkerPool | undefined;
+  try {
+    const writer = createWriter({ sink, spec, sourceSize: image.virtualSize });
+    if (writer.encoding.codec === 'none' && !sink.isBlockDevice) await preflightSpace(image, sink);
+    const workers = opts.workers ?? availableParallelism();
+    pool = workers > 0 ? new WorkerPool(workers) : undefined;
+    const stats = await pump(image, writer, pool, workers, opts);
+    const summary = await writer.finish();
+    if (opts.signal?.aborted) throw interrupted();
+    await sink.commit();
+    return {
+      source: { image: image.name, format: image.format, virtualSize: image.virtualSize },
+      output: { ...summary, path: dst },
+      dataBytes: stats.dataBytes,
+      units: stats.units,
+      seconds: Number(process.hrtime.bigint() - started) / 1e9,
+    };
+  } catch (err) {
+    await sink.abort();
+    throw err;
+  } finally {
+    await pool?.close();
+  }
+}
+
+async function preflightSpace(image: DiskImage, sink: Sink): Promise<void> {
+  const free = await freeSpace(sink.path);
+  if (free === undefined) return;
+  const need = await minimumOutputBytes(image);
+  if (need > free) {
+    throw new FerryError('TARGET_NO_SPACE', `${sink.path}: the output needs at least ${need} bytes (the source's data), but only ${free} bytes are free there`, {
+      remedy: 'Free space on the target file system, write elsewhere, or write a compressed output (--to qcow2 --compress zstd).',
+      details: { required: need, free },
+    });
+  }
+}
+
+/** Chunk size for a writer: about 4 MiB, a whole number of its units. */
+export function chunkSizeFor(writer: ImageWriter): number {
+  return Math.ceil(MIN_CHUNK / writer.unitSize) * writer.unitSize;
+}
+
+/** Streams the source through encoding into the writer. */
+async function pump(image: DiskImage, writer: ImageWriter, pool: WorkerPool | undefined, workers: number, opts: ConvertOptions) {
+  const stream = streamVirtual(image, { chunkSize: chunkSizeFor(writer), align: writer.unitSize, workers, ...(pool ? { pool } : {}) });
+  return writeChunks(stream, image.virtualSize, writer, pool, opts);
+}
+
+/**
+ * Encodes data chunks (aligned to the writer's units, in increasing order) and hands the runs to
+ * the writer in order; zero chunks are skipped. Closes `chunks` when done or failed.
+ */
+export async function writeChunks(
+  chunks: AsyncGenerator<VirtualChunk>,
+  total: number,
+  writer: ImageWriter,
+  pool: WorkerPool | undefined,
+  opts: Pick<ConvertOptions, 'maxInFlightBytes' | 'onProgress' | 'signal'>,
+) {
+  const unit = writer.unitSize;
+  const maxInFlight = opts.maxInFlightBytes ?? DEFAULT_IN_FLIGHT;
+  const enc = writer.encoding;
+  const compress = enc.codec !== 'none' && pool !== undefined;
+  const units = { compressed: 0, raw: 0 };
+  let dataBytes = 0;
+  const queue: Pending[] = [];
+  let inFlight = 0;
+
+  const toRuns = (offset: number, data: Buffer, recs: number[], out: Buffer): DataRun[] => {
+    const runs: DataRun[] = [];
+    for (let i = 0; i < recs.length; i += UNIT_FIELDS) {
+      const [at, len, kind, from, n] = [recs[i]!, recs[i + 1]!, recs[i + 2]!, recs[i + 3]!, recs[i + 4]!];
+      if (kind === UNIT_COMPRESSED) {
+        units.compressed++;
+        runs.push({ offset: offset + at, length: len, data: out.subarray(from, from + n), compressed: true });
+      } else {
+        units.raw += Math.ceil(len / unit);
+        runs.push({ offset: offset + at, length: len, data: data.subarray(at, at + len), compressed: false });
+      }
+    }
+    return runs;
+  };
+
+  const encode = (c: VirtualChunk): Promise<DataRun[]> => {
+    const data = c.data!;
+    if (!compress) {
+      const e = encodeChunk(data, unit, enc);
+      return Promise.resolve(toRuns(c.offset, data, e.units, e.out));
+    }
+    // The input is transferred to the worker (and comes back): it must own its ArrayBuffer.
+    const own = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength ? data : Buffer.from(data);
+    const input = own.buffer as ArrayBuffer;
+    return pool!
+      .run<EncodeResult>({ type: 'encode', input, unitSize: unit, encoding: enc }, [input])
+      .then((r) => toRuns(c.offset, Buffer.from(r.input), r.units, Buffer.from(r.out)));
+  };
+
+  const drainOne = async () => {
+    const head = queue.shift()!;
+    const runs = await head.runs;
+    inFlight -= head.cost;
+    if (runs.length) await writer.write(runs);
+  };
+
+  let position = 0;
+  try {
+    for await (const c of chunks) {
+      if (opts.signal?.aborted) throw interrupted();
+      if (c.data) {
+        dataBytes += c.length;
+        const runs = encode(c);
+        runs.catch(() => {}); // observed when it reaches the head of the queue
+        queue.push({ cost: c.length, runs });
+        inFlight += c.length;
+        while (inFlight > maxInFlight || queue.length > 64 || (!compress && queue.length > 0)) await drainOne();
+      }
+      position = c.offset + c.length;
+      opts.onProgress?.({ position, total, dataBytes });
+    }
+    while (queue.length > 0) await drainOne();
+  } finally {
+    // On failure, let queued jobs settle before the pool closes under them.
+    await Promise.allSettled(queue.map((q) => q.runs));
+    await chunks.return(undefined);
+  }
+  return { dataBytes, units };
+}

@@ -1,0 +1,109 @@
+// Encoding one data chunk for a writer: the chunk is cut into the writer's units (qcow2 clusters,
+// VMDK grains, …); all-zero units are dropped (zero detection even inside "allocated" data), the
+// others are kept raw or compressed with the writer's codec. Runs in a pool worker (compressed
+// outputs) or on the calling thread (uncompressed outputs), with the same result either way.
+import { constants as zc, deflateRawSync, deflateSync } from 'node:zlib';
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
+const zstd = require('zstd-napi/binding.js') as typeof import('zstd-napi/binding.js');
+
+/** How a writer wants its units encoded. */
+export interface UnitEncoding {
+  /** 'none': units stay raw (zero detection only). */
+  codec: 'none' | 'deflate' | 'zlib' | 'zstd';
+  /** Compression level (codec default when absent). */
+  level?: number;
+  /**
+   * A unit whose compressed form is larger than this many bytes is stored raw (qcow2: a cluster
+   * that does not shrink). Infinity: every unit is stored compressed (VMDK stream grains).
+   */
+  rawAbove: number;
+  /** Compress the last, partial unit as a whole zero-padded unit (VMDK grains, qcow2 clusters). */
+  padLast: boolean;
+}
+
+export const UNIT_ZERO = 0;
+export const UNIT_RAW = 1;
+export const UNIT_COMPRESSED = 2;
+
+/** Result of encoding a chunk: units kept, as flat records of UNIT_FIELDS numbers each. */
+export interface EncodedChunk {
+  /** Per kept unit: [offset in chunk, virtual length, kind (UNIT_RAW | UNIT_COMPRESSED), start in `out`, length in `out`]. */
+  units: number[];
+  /** Compressed bytes of all UNIT_COMPRESSED units, back to back. */
+  out: Buffer;
+}
+export const UNIT_FIELDS = 5;
+
+/** Largest unit: qcow2's 2 MiB clusters. */
+const ZERO = Buffer.alloc(2 * 1024 * 1024);
+
+/** True when every byte of `buf` is zero (memcmp against a zero page, no JS loop). */
+export function isAllZero(buf: Buffer): boolean {
+  for (let at = 0; at < buf.length; at += ZERO.length) {
+    const n = Math.min(ZERO.length, buf.length - at);
+    if (!buf.subarray(at, at + n).equals(n === ZERO.length ? ZERO : ZERO.subarray(0, n))) return false;
+  }
+  return true;
+}
+
+let zstdCtx: InstanceType<typeof zstd.CCtx> | undefined;
+
+function compressUnit(unit: Buffer, enc: UnitEncoding): Buffer {
+  switch (enc.codec) {
+    case 'deflate':
+      // qcow2: raw deflate with a 4 KiB window (qemu reads with windowBits -12).
+      return deflateRawSync(unit, { level: enc.level ?? zc.Z_DEFAULT_COMPRESSION, windowBits: 12, memLevel: 9 });
+    case 'zlib':
+      return deflateSync(unit, { level: enc.level ?? zc.Z_DEFAULT_COMPRESSION });
+    case 'zstd': {
+      zstdCtx ??= new zstd.CCtx();
+      const dst = Buffer.allocUnsafe(zstd.compressBound(unit.length));
+      const n = zstdCtx.compress(dst, unit, enc.level ?? 3);
+      return dst.subarray(0, n);
+    }
+    default:
+      return unit;
+  }
+}
+
+/**
+ * Encodes `chunk` (whose first byte is at a unit boundary) into units of `unitSize`.
+ * Raw units' bytes stay in `chunk`; the record says where.
+ */
+export function encodeChunk(chunk: Buffer, unitSize: number, enc: UnitEncoding): EncodedChunk {
+  const units: number[] = [];
+  const parts: Buffer[] = [];
+  let outLen = 0;
+  for (let at = 0; at < chunk.length; at += unitSize) {
+    const len = Math.min(unitSize, chunk.length - at);
+    const unit = chunk.subarray(at, at + len);
+    if (isAllZero(unit)) continue;
+    if (enc.codec === 'none') {
+      // Merge with the previous raw unit when contiguous: fewer, larger writes.
+      const last = units.length - UNIT_FIELDS;
+      if (last >= 0 && units[last + 2] === UNIT_RAW && units[last]! + units[last + 1]! === at) units[last + 1]! += len;
+      else units.push(at, len, UNIT_RAW, 0, 0);
+      continue;
+    }
+    let input = unit;
+    if (len < unitSize && enc.padLast) {
+      input = Buffer.alloc(unitSize);
+      unit.copy(input);
+    }
+    const packed = compressUnit(input, enc);
+    if (packed.length > enc.rawAbove) {
+      units.push(at, len, UNIT_RAW, 0, 0);
+    } else {
+      units.push(at, len, UNIT_COMPRESSED, outLen, packed.length);
+      parts.push(packed);
+      outLen += packed.length;
+    }
+  }
+  // One buffer owning its whole ArrayBuffer, so a worker can transfer it instead of copying.
+  const out = Buffer.allocUnsafeSlow(outLen);
+  let pos = 0;
+  for (const p of parts) pos += p.copy(out, pos);
+  return { units, out };
+}
