@@ -32,6 +32,11 @@ export interface Sink {
 export interface SinkOptions {
   /** Replace an existing regular file at the path (default: refuse). */
   overwrite?: boolean;
+  /**
+   * Flush the data to stable storage before renaming the file into place (default true): after a
+   * crash, a file under the final name is then complete. false skips the flushes, as qemu-img does.
+   */
+  sync?: boolean;
 }
 
 /** Temporary files of unfinished conversions are named `.NAME.ferry-partial-XXXXXX`. */
@@ -82,13 +87,37 @@ function targetError(err: unknown, path: string, what: string): FerryError {
   }
 }
 
+/** Written bytes after which a background flush starts (so the final one has little left). */
+const FLUSH_EVERY = 64 * 1024 * 1024;
+
 abstract class HandleSink implements Sink {
   protected closed = false;
   abstract readonly path: string;
   abstract readonly isBlockDevice: boolean;
   abstract readonly deviceSize: number | undefined;
+  private unflushed = 0;
+  private flushing: Promise<void> | undefined;
+  private flushError: unknown;
 
-  constructor(protected readonly handle: FileHandle) {}
+  constructor(
+    protected readonly handle: FileHandle,
+    protected readonly durable: boolean,
+  ) {}
+
+  /** Starts writing dirty pages back while conversion goes on (fdatasync on the thread pool). */
+  private wrote(n: number): void {
+    this.unflushed += n;
+    if (!this.durable || this.unflushed < FLUSH_EVERY || this.flushing) return;
+    this.unflushed = 0;
+    this.flushing = this.handle
+      .datasync()
+      .catch((err: unknown) => {
+        this.flushError ??= err;
+      })
+      .finally(() => {
+        this.flushing = undefined;
+      });
+  }
 
   async write(buf: Buffer, position: number): Promise<void> {
     let done = 0;
@@ -101,21 +130,28 @@ abstract class HandleSink implements Sink {
     } catch (err) {
       throw targetError(err, this.path, `writing ${buf.length} bytes at offset ${position + done}`);
     }
+    this.wrote(buf.length);
   }
 
   async writev(bufs: Buffer[], position: number): Promise<void> {
     let total = 0;
     for (const b of bufs) total += b.length;
+    let written: number;
     try {
-      const { bytesWritten } = await this.handle.writev(bufs, position);
-      if (bytesWritten === total) return;
+      written = (await this.handle.writev(bufs, position)).bytesWritten;
     } catch (err) {
       throw targetError(err, this.path, `writing ${total} bytes at offset ${position}`);
     }
-    // A short vectored write: finish buffer by buffer (rare; normally only on a full disk).
+    if (written === total) {
+      this.wrote(total);
+      return;
+    }
+    // A short vectored write (normally a full disk): write the rest buffer by buffer.
+    this.wrote(written);
     let pos = position;
     for (const b of bufs) {
-      await this.write(b, pos);
+      const skip = Math.min(b.length, Math.max(0, position + written - pos));
+      if (skip < b.length) await this.write(b.subarray(skip), pos + skip);
       pos += b.length;
     }
   }
@@ -131,12 +167,19 @@ abstract class HandleSink implements Sink {
 
   protected async syncAndClose(): Promise<void> {
     try {
-      await this.handle.sync();
+      await this.flushing;
+      if (this.flushError) throw this.flushError;
+      if (this.durable) await this.handle.sync();
     } catch (err) {
       throw targetError(err, this.path, 'flushing to disk');
     }
     this.closed = true;
     await this.handle.close();
+  }
+
+  /** Waits for a background flush, so closing does not race it. */
+  protected async settle(): Promise<void> {
+    await this.flushing;
   }
 
   abstract commit(): Promise<void>;
@@ -153,8 +196,9 @@ class FileSink extends HandleSink {
     handle: FileHandle,
     readonly path: string,
     readonly tempPath: string,
+    durable: boolean,
   ) {
-    super(handle);
+    super(handle, durable);
   }
 
   async commit(): Promise<void> {
@@ -166,6 +210,7 @@ class FileSink extends HandleSink {
       throw targetError(err, this.path, 'renaming the finished file into place');
     }
     // Make the rename itself durable.
+    if (!this.durable) return;
     try {
       const dir = await open(dirname(this.path), 'r');
       await dir.sync().catch(() => {});
@@ -178,6 +223,7 @@ class FileSink extends HandleSink {
   async abort(): Promise<void> {
     if (!this.closed) {
       this.closed = true;
+      await this.settle();
       await this.handle.close().catch(() => {});
     }
     if (!this.removed) {
@@ -195,8 +241,9 @@ class DeviceSink extends HandleSink {
     handle: FileHandle,
     readonly path: string,
     readonly deviceSize: number,
+    durable: boolean,
   ) {
-    super(handle);
+    super(handle, durable);
   }
 
   async commit(): Promise<void> {
@@ -206,6 +253,7 @@ class DeviceSink extends HandleSink {
   async abort(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.settle();
     await this.handle.close().catch(() => {});
   }
 }
@@ -226,7 +274,7 @@ export async function openSink(path: string, opts: SinkOptions = {}): Promise<Si
     } catch (err) {
       throw targetError(err, path, 'opening the device');
     }
-    return new DeviceSink(handle, path, Number(fsExt.seekSync(handle.fd, 0, SEEK_END)));
+    return new DeviceSink(handle, path, Number(fsExt.seekSync(handle.fd, 0, SEEK_END)), opts.sync ?? true);
   }
   if (st?.isDirectory()) throw targetError(Object.assign(new Error('is a directory'), { code: 'EISDIR' }), path, 'opening');
   if (st && !opts.overwrite) {
@@ -246,7 +294,7 @@ export async function openSink(path: string, opts: SinkOptions = {}): Promise<Si
   } catch (err) {
     throw targetError(err, path, 'creating the output file');
   }
-  return new FileSink(handle, path, tempPath);
+  return new FileSink(handle, path, tempPath, opts.sync ?? true);
 }
 
 /** Free bytes for an unprivileged writer on the file system holding `path`'s directory. */

@@ -32,6 +32,8 @@ export interface ConvertProgress {
 export interface ConvertOptions {
   /** Replace an existing output file. */
   overwrite?: boolean;
+  /** Flush the output to stable storage before it gets its final name (default true). */
+  sync?: boolean;
   /** Worker threads for compression and decompression (default: all cores). */
   workers?: number;
   /** Bound on source bytes being encoded ahead of the writer (default 64 MiB). */
@@ -53,11 +55,6 @@ export interface ConvertResult {
 
 const DEFAULT_IN_FLIGHT = 64 * 1024 * 1024;
 const MIN_CHUNK = 4 * 1024 * 1024;
-
-interface Pending {
-  cost: number;
-  runs: Promise<DataRun[]>;
-}
 
 function interrupted(): FerryError {
   return new FerryError('INTERRUPTED', 'the conversion was interrupted; the partial output was removed', {
@@ -95,7 +92,7 @@ export async function convertImage(image: DiskImage, dst: string, spec: WriteSpe
   const started = process.hrtime.bigint();
   if (opts.signal?.aborted) throw interrupted();
   await refuseSameFile(image, dst);
-  const sink = await openSink(dst, { overwrite: opts.overwrite ?? false });
+  const sink = await openSink(dst, { overwrite: opts.overwrite ?? false, sync: opts.sync ?? true });
   let pool: WorkerPool | undefined;
   try {
     const writer = createWriter({ sink, spec, sourceSize: image.virtualSize });
@@ -161,8 +158,6 @@ export async function writeChunks(
   const compress = enc.codec !== 'none' && pool !== undefined;
   const units = { compressed: 0, raw: 0 };
   let dataBytes = 0;
-  const queue: Pending[] = [];
-  let inFlight = 0;
 
   const toRuns = (offset: number, data: Buffer, recs: number[], out: Buffer): DataRun[] => {
     const runs: DataRun[] = [];
@@ -193,32 +188,51 @@ export async function writeChunks(
       .then((r) => toRuns(c.offset, Buffer.from(r.input), r.units, Buffer.from(r.out)));
   };
 
-  const drainOne = async () => {
-    const head = queue.shift()!;
-    const runs = await head.runs;
-    inFlight -= head.cost;
-    if (runs.length) await writer.write(runs);
+  // Writing runs as its own chain of promises, so reading and encoding go on while the writer
+  // waits for the disk; `pending` bounds the bytes read but not yet written.
+  let pending = 0;
+  let failure: { error: unknown } | undefined;
+  let chain: Promise<void> = Promise.resolve();
+  let wake: (() => void) | undefined;
+  const settle = (cost: number) => {
+    pending -= cost;
+    wake?.();
+  };
+  const enqueue = (cost: number, runs: Promise<DataRun[]>) => {
+    pending += cost;
+    runs.catch(() => {}); // observed by the chain
+    chain = chain.then(async () => {
+      try {
+        if (failure) return;
+        const list = await runs;
+        if (list.length) await writer.write(list);
+      } catch (error) {
+        failure ??= { error };
+      } finally {
+        settle(cost);
+      }
+    });
   };
 
   let position = 0;
   try {
     for await (const c of chunks) {
       if (opts.signal?.aborted) throw interrupted();
+      if (failure) throw failure.error;
       if (c.data) {
         dataBytes += c.length;
-        const runs = encode(c);
-        runs.catch(() => {}); // observed when it reaches the head of the queue
-        queue.push({ cost: c.length, runs });
-        inFlight += c.length;
-        while (inFlight > maxInFlight || queue.length > 64 || (!compress && queue.length > 0)) await drainOne();
+        enqueue(c.length, encode(c));
+        while (pending > maxInFlight && !failure) await new Promise<void>((r) => (wake = r));
       }
       position = c.offset + c.length;
       opts.onProgress?.({ position, total, dataBytes });
     }
-    while (queue.length > 0) await drainOne();
+    await chain;
+    if (failure) throw failure.error;
   } finally {
-    // On failure, let queued jobs settle before the pool closes under them.
-    await Promise.allSettled(queue.map((q) => q.runs));
+    // On failure, let queued writes and jobs settle before the pool closes under them.
+    failure ??= { error: undefined };
+    await chain;
     await chunks.return(undefined);
   }
   return { dataBytes, units };

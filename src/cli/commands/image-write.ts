@@ -32,6 +32,7 @@ interface WriteFlags {
   allowBacking?: boolean;
   workers?: string;
   sample?: boolean;
+  sync?: boolean;
 }
 
 function usage(message: string, remedy: string): FerryError {
@@ -132,6 +133,7 @@ export function registerImageWriteCommands(image: Command, state: RunState): voi
   )
     .option('--target-is-zero', 'raw onto a block device that already reads as zeros: do not write zero ranges')
     .option('--overwrite', 'replace an existing output file')
+    .option('--no-sync', 'do not flush the output to disk before renaming it into place (faster; as qemu-img)')
     .addOption(formatOption())
     .option('--allow-backing', 'follow backing files / parents in the image directory')
     .option('--workers <n>', 'worker threads for compression (default: all cores)')
@@ -142,7 +144,7 @@ export function registerImageWriteCommands(image: Command, state: RunState): voi
       try {
         const bar = startProgress('convert', img.virtualSize, !!flags.json);
         const r = await interruptible((signal) =>
-          convertImage(img, dst, spec, { overwrite: !!flags.overwrite, signal, onProgress: (p) => bar.update(p.position), ...(workers !== undefined ? { workers } : {}) }).finally(() => bar.stop()),
+          convertImage(img, dst, spec, { overwrite: !!flags.overwrite, sync: flags.sync !== false, signal, onProgress: (p) => bar.update(p.position), ...(workers !== undefined ? { workers } : {}) }).finally(() => bar.stop()),
         );
         makeOutput(!!flags.json).result(r, () => {
           const o = r.output;

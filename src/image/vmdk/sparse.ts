@@ -42,6 +42,8 @@ export class SparseExtent {
   readonly gdEntries: number;
   readonly numGTEsPerGT: number;
   private readonly gtCache = new Map<number, Uint32Array>();
+  /** Per cached grain table: for each allocated grain sector, the next allocated one (or 0). */
+  private readonly nextCache = new Map<number, Map<number, number>>();
   private readonly markerCache = new Map<number, GrainMarker>();
   private lastGrainUnit: number | undefined;
 
@@ -118,9 +120,31 @@ export class SparseExtent {
       return hit;
     }
     const gt = await this.readGtAt(sector, `grain directory entry ${gdIndex}`);
-    if (this.gtCache.size >= GT_CACHE_TABLES) this.gtCache.delete(this.gtCache.keys().next().value!);
+    if (this.gtCache.size >= GT_CACHE_TABLES) {
+      const oldest = this.gtCache.keys().next().value!;
+      this.gtCache.delete(oldest);
+      this.nextCache.delete(oldest);
+    }
     this.gtCache.set(gdIndex, gt);
     return gt;
+  }
+
+  /**
+   * Where the compressed grain at `sector` must end at the latest: the next grain of the same
+   * table in file order (grains do not overlap), else two grains' worth, else the end of the file.
+   */
+  private grainBound(gdIndex: number, gt: Uint32Array, sector: number, dataOffset: number): number {
+    let next = this.nextCache.get(gdIndex);
+    if (!next) {
+      const sectors = [...new Set(gt.filter((e) => e > 1 || (e === 1 && !this.zeroGrain)))].sort((a, b) => a - b);
+      next = new Map();
+      for (let i = 0; i < sectors.length; i++) next.set(sectors[i]!, sectors[i + 1] ?? 0);
+      this.nextCache.set(gdIndex, next);
+    }
+    const after = next.get(sector) ?? 0;
+    let limit = dataOffset + 2 * this.grainBytes + 4096;
+    if (after > sector) limit = Math.min(limit, after * SECTOR);
+    return Math.max(0, Math.min(limit, this.file.size) - dataOffset);
   }
 
   /** Reads and validates the marker of the compressed grain `grainIndex` stored at `sector`. */
@@ -210,7 +234,10 @@ export class SparseExtent {
       if (e === 0) out.zero(base + pos, n, 'unallocated');
       else if (e === 1 && this.zeroGrain) out.zero(base + pos, n, 'zero');
       else if (this.compressed) {
-        const m = await this.marker(e, gi);
+        // The marker is not read here (one tiny read per grain would dominate): the compressed
+        // bytes follow it, and their length is bounded by the next grain. check() validates markers.
+        const dataOffset = e * SECTOR + (this.markers ? MARKER_SIZE : 0);
+        const m: GrainMarker = { dataOffset, size: this.grainBound(gdIndex, gt, e, dataOffset) };
         const unitSize = await this.unitSize(gi, m);
         out.push({
           offset: base + pos,
