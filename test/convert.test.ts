@@ -4,7 +4,8 @@
 // must pass for qcow2 and VMDK outputs.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { randomFillSync } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openImage } from '../src/image/open.js';
@@ -113,5 +114,33 @@ describe('round trips: every corpus subformat × every output kind', () => {
     t.diagnostic(`seconds per output kind: ${[...seconds].map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}`);
     t.diagnostic(`${done} conversions verified (${entries.length} sources × ${OUTPUT_KINDS.length} output kinds; cluster_size=512 for ${OUTPUT_KINDS.flatMap((k) => k.sources ?? []).join(', ')} only)`);
     assert.deepEqual(failures, []);
+  });
+});
+
+describe('convert engine options', () => {
+  it('compresses on the calling thread when there are no workers, with the same content', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ferry-convert-w0-'));
+    try {
+      const raw = join(dir, 'src.raw');
+      const buf = Buffer.alloc(8 << 20);
+      buf.write('compressible text '.repeat(50000), 1 << 20);
+      randomFillSync(buf.subarray(5 << 20, 6 << 20));
+      await writeFile(raw, buf);
+      const src = await openImage(raw);
+      try {
+        for (const workers of [0, 2]) {
+          const out = join(dir, `w${workers}.qcow2`);
+          const r = await convertImage(src, out, { format: 'qcow2', compress: 'zlib' }, { workers });
+          assert.ok(r.units.compressed > 0, `workers=${workers}: nothing was compressed`);
+          assert.ok(r.units.raw > 0, `workers=${workers}: the pseudo-random MiB should stay raw`);
+          const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', raw, out], { okCodes: [0, 1, 2] });
+          assert.equal(cmp.code, 0, cmp.stdout + cmp.stderr);
+        }
+      } finally {
+        await src.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -54,7 +54,10 @@ export interface ImageWriter {
   /** Zero detection and compression granularity; runs start on multiples of it. */
   readonly unitSize: number;
   readonly encoding: UnitEncoding;
-  /** Writes runs in increasing offset order (each call's runs follow the previous call's). */
+  /**
+   * Writes runs in increasing offset order (each call's runs follow the previous call's). When the
+   * promise resolves the runs' buffers are no longer referenced (the caller reuses them).
+   */
   write(runs: DataRun[]): Promise<void>;
   /** Writes the remaining metadata; the sink is committed by the caller afterwards. */
   finish(): Promise<WriteSummary>;

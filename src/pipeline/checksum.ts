@@ -28,6 +28,7 @@ export async function checksumVirtual(image: DiskImage, opts: ChecksumOptions = 
   for await (const c of streamVirtual(image, stream)) {
     if (c.data) {
       hash.update(c.data);
+      c.release?.();
       dataBytes += c.length;
     } else {
       for (let left = c.length; left > 0; left -= ZEROS.length) {

@@ -42,6 +42,7 @@ class Cursor {
         this.done = true;
         continue;
       }
+      this.chunk?.release?.(); // its pieces have been compared
       this.chunk = r.value;
     }
     const c = this.chunk;

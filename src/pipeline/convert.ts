@@ -155,7 +155,7 @@ export async function writeChunks(
   const unit = writer.unitSize;
   const maxInFlight = opts.maxInFlightBytes ?? DEFAULT_IN_FLIGHT;
   const enc = writer.encoding;
-  const compress = enc.codec !== 'none' && pool !== undefined;
+  const compress = enc.codec !== 'none' && pool !== undefined; // else everything on this thread
   const units = { compressed: 0, raw: 0 };
   let dataBytes = 0;
 
@@ -174,18 +174,22 @@ export async function writeChunks(
     return runs;
   };
 
-  const encode = (c: VirtualChunk): Promise<DataRun[]> => {
+  /** Encodes a data chunk; `done` hands its buffer back to the stream once the runs are written. */
+  const encode = (c: VirtualChunk): Promise<{ runs: DataRun[]; done: () => void }> => {
     const data = c.data!;
     if (!compress) {
+      // Zero detection (and, with no worker pool, compression) on this thread.
       const e = encodeChunk(data, unit, enc);
-      return Promise.resolve(toRuns(c.offset, data, e.units, e.out));
+      return Promise.resolve({ runs: toRuns(c.offset, data, e.units, e.out), done: () => c.release?.() });
     }
-    // The input is transferred to the worker (and comes back): it must own its ArrayBuffer.
-    const own = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength ? data : Buffer.from(data);
+    // The input is transferred to the worker (and comes back): it must start its ArrayBuffer.
+    const own = data.byteOffset === 0 ? data : Buffer.from(data);
+    const length = own.length; // read before the transfer detaches `own`
     const input = own.buffer as ArrayBuffer;
-    return pool!
-      .run<EncodeResult>({ type: 'encode', input, unitSize: unit, encoding: enc }, [input])
-      .then((r) => toRuns(c.offset, Buffer.from(r.input), r.units, Buffer.from(r.out)));
+    return pool!.run<EncodeResult>({ type: 'encode', input, length, unitSize: unit, encoding: enc }, [input]).then((r) => ({
+      runs: toRuns(c.offset, Buffer.from(r.input, 0, length), r.units, Buffer.from(r.out)),
+      done: () => c.release?.(r.input),
+    }));
   };
 
   // Writing runs as its own chain of promises, so reading and encoding go on while the writer
@@ -198,14 +202,16 @@ export async function writeChunks(
     pending -= cost;
     wake?.();
   };
-  const enqueue = (cost: number, runs: Promise<DataRun[]>) => {
+  const enqueue = (cost: number, encoded: Promise<{ runs: DataRun[]; done: () => void }>) => {
     pending += cost;
-    runs.catch(() => {}); // observed by the chain
+    encoded.catch(() => {}); // observed by the chain
     chain = chain.then(async () => {
       try {
         if (failure) return;
-        const list = await runs;
-        if (list.length) await writer.write(list);
+        const { runs, done } = await encoded;
+        // Writers have written (not just queued) a call's runs when it returns: the buffer is free.
+        if (runs.length) await writer.write(runs);
+        done();
       } catch (error) {
         failure ??= { error };
       } finally {

@@ -27,6 +27,7 @@ export async function deepCheck(image: DiskImage, opts: DeepCheckOptions = {}): 
     for await (const c of streamVirtual(image, stream)) {
       position = c.offset + c.length;
       if (c.data) dataBytes += c.length;
+      c.release?.();
       onProgress?.({ position, total: image.virtualSize, dataBytes });
     }
   } catch (err) {

@@ -16,12 +16,22 @@ interface DecodeMessage {
   outLength: number;
   ops: DecodeOp[];
   names: string[];
+  /** Buffer to decode into (recycled by the caller); a new one when absent. */
+  out?: ArrayBuffer;
+}
+
+/** Result of a decode job: the chunk's bytes, and the input buffers handed back for reuse. */
+export interface DecodeResult {
+  out: ArrayBuffer;
+  inputs: ArrayBuffer[];
 }
 
 interface EncodeMessage {
   type: 'encode';
   id: number;
   input: ArrayBuffer;
+  /** Bytes of `input` that hold the chunk (from byte 0). */
+  length: number;
   unitSize: number;
   encoding: UnitEncoding;
 }
@@ -41,12 +51,13 @@ port.on('message', (job: DecodeMessage | EncodeMessage | { stop: true }) => {
   }
   try {
     if (job.type === 'decode') {
-      const out = runDecodeJob(job.inputs, job.outLength, job.ops, job.names);
-      // `out` owns its whole ArrayBuffer (allocUnsafeSlow): hand it over without copying.
-      const reply: PoolReply = { id: job.id, result: out.buffer };
-      port.postMessage(reply, [out.buffer as ArrayBuffer]);
+      const out = runDecodeJob(job.inputs, job.outLength, job.ops, job.names, job.out);
+      // `out` starts at byte 0 of its own ArrayBuffer: hand it over without copying.
+      const result: DecodeResult = { out: out.buffer as ArrayBuffer, inputs: job.inputs };
+      const reply: PoolReply = { id: job.id, result };
+      port.postMessage(reply, [result.out, ...job.inputs]);
     } else {
-      const enc = encodeChunk(Buffer.from(job.input), job.unitSize, job.encoding);
+      const enc = encodeChunk(Buffer.from(job.input, 0, job.length), job.unitSize, job.encoding);
       const result: EncodeResult = { input: job.input, units: enc.units, out: enc.out.buffer as ArrayBuffer };
       const reply: PoolReply = { id: job.id, result };
       port.postMessage(reply, enc.out.length > 0 ? [job.input, result.out] : [job.input]);

@@ -16,6 +16,8 @@ import type { ByteSource } from '../io/byte-source.js';
 import type { DiskImage } from '../image/types.js';
 import { planChunks, type PlanItem } from './chunk-plan.js';
 import { runDecodeJob, type DecodeOp } from './decode-job.js';
+import { BufferPool } from './buffer-pool.js';
+import type { DecodeResult } from './pool-worker.js';
 import { WorkerPool } from './worker-pool.js';
 
 export interface VirtualChunk {
@@ -25,6 +27,12 @@ export interface VirtualChunk {
   kind: 'data' | 'zero' | 'unallocated';
   /** The chunk's bytes (data chunks only); a buffer of its own, the consumer may keep it. */
   data?: Buffer;
+  /**
+   * Data chunks: hands the buffer back for reuse once the consumer is done with `data` (optional;
+   * without it the buffer is garbage collected). After a transfer to a worker and back, pass the
+   * ArrayBuffer that came back.
+   */
+  release?: (returned?: ArrayBuffer) => void;
 }
 
 export interface StreamOptions {
@@ -138,12 +146,12 @@ function rejected(err: unknown): Promise<never> {
   return p;
 }
 
-/** Reads [r.offset, r.end) into a buffer owning its ArrayBuffer (so it can be transferred). */
-async function readRange(r: ReadRange): Promise<Buffer> {
+/** Reads [r.offset, r.end) into a buffer at byte 0 of its own ArrayBuffer (so it can be transferred). */
+async function readRange(r: ReadRange, buffers: BufferPool): Promise<Buffer> {
   const len = r.end - r.offset;
   const what = `${r.file.name}: data for virtual offset ${r.guest} (host bytes ${r.offset}..${r.end})`;
   if (r.end > r.file.size || r.offset > r.file.size) throw truncated(what, r.end, r.file.size, { guestOffset: r.guest, hostOffset: r.offset });
-  const buf = Buffer.allocUnsafeSlow(len);
+  const buf = buffers.take(len);
   let done = 0;
   while (done < len) {
     const n = await r.file.read(buf, done, len - done, r.offset + done);
@@ -185,24 +193,38 @@ export async function* streamVirtual(image: DiskImage, opts: StreamOptions = {})
   let lookahead: PlanItem | undefined;
   let planDone = false;
 
+  // Pooled chunk buffers: a bit larger than a chunk, so compressed input ranges fit too.
+  const buffers = new BufferPool(chunkSize + chunkSize / 4, Math.ceil(maxInFlight / chunkSize) + 8);
+  const dataChunk = (item: Extract<PlanItem, { type: 'data' }>, data: Buffer): VirtualChunk => ({
+    offset: item.offset,
+    length: item.length,
+    kind: 'data',
+    data,
+    release: (returned) => buffers.give(returned ?? data),
+  });
+
   const load = async (item: Extract<PlanItem, { type: 'data' }>, plan: ChunkPlan): Promise<VirtualChunk> => {
     // All reads run at once; a failure is reported for the first range in virtual order.
-    const settled = await Promise.allSettled(plan.reads.map(readRange));
+    const settled = await Promise.allSettled(plan.reads.map((r) => readRange(r, buffers)));
     const bufs = settled.map((r) => {
       if (r.status === 'rejected') throw r.reason;
       return r.value;
     });
-    const base = { offset: item.offset, length: item.length, kind: 'data' as const };
     const only = plan.ops[0];
-    if (plan.ops.length === 1 && only?.t === 'copy' && only.from === 0 && only.len === bufs[0]!.length) {
-      return { ...base, data: bufs[0]! };
+    if (plan.ops.length === 1 && only?.t === 'copy' && only.from === 0 && only.len === bufs[0]!.length) return dataChunk(item, bufs[0]!);
+    const out = buffers.take(item.length);
+    if (!plan.compressed || workers === 0) {
+      runDecodeJob(bufs, item.length, plan.ops, plan.names, out.buffer as ArrayBuffer);
+      for (const b of bufs) buffers.give(b);
+      return dataChunk(item, out);
     }
-    if (!plan.compressed || workers === 0) return { ...base, data: runDecodeJob(bufs, item.length, plan.ops, plan.names) };
     if (finished) throw new FerryError('INTERNAL', 'read finished', { remedy: 'none' });
     pool ??= new WorkerPool(workers);
     const inputs = bufs.map((b) => b.buffer as ArrayBuffer);
-    const out = await pool.run<ArrayBuffer>({ type: 'decode', inputs, outLength: item.length, ops: plan.ops, names: plan.names }, inputs);
-    return { ...base, data: Buffer.from(out) };
+    const into = out.buffer as ArrayBuffer;
+    const r = await pool.run<DecodeResult>({ type: 'decode', inputs, outLength: item.length, ops: plan.ops, names: plan.names, out: into }, [into, ...inputs]);
+    for (const b of r.inputs) buffers.give(b);
+    return dataChunk(item, Buffer.from(r.out, 0, item.length));
   };
 
   try {

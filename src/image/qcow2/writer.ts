@@ -157,6 +157,8 @@ export class Qcow2Writer implements ImageWriter {
         await this.setL2(first + i, BigInt(at) | COPIED);
       }
     }
+    // The runs' buffers are the caller's again when this returns: write them out now.
+    await this.out.flush();
   }
 
   async finish(): Promise<WriteSummary> {

@@ -117,6 +117,7 @@ export class VhdWriter implements ImageWriter {
   async write(runs: DataRun[]): Promise<void> {
     if (!this.bat) {
       for (const r of runs) await this.out.put(r.data, r.offset);
+      await this.out.flush();
       return;
     }
     for (const r of runs) {
@@ -138,6 +139,8 @@ export class VhdWriter implements ImageWriter {
         pos = stop;
       }
     }
+    // The runs' buffers are the caller's again when this returns: write them out now.
+    await this.out.flush();
   }
 
   async finish(): Promise<WriteSummary> {

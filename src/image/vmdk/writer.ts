@@ -182,6 +182,8 @@ export class VmdkWriter implements ImageWriter {
       await this.out.put(r.data, this.end);
       this.end += grains * GRAIN;
     }
+    // The runs' buffers are the caller's again when this returns: write them out now.
+    await this.out.flush();
   }
 
   /**

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Builds Ferry (TypeScript -> dist/) and runs the read-throughput benchmark; arguments are passed
+# on (e.g. `bash bench/run-read.sh --runs 5`). See bench/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+npx tsc -p tsconfig.json
+exec node dist/bench/read.js "$@"
