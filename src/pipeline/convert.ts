@@ -10,6 +10,7 @@
 //   const img = await openImage('disk.raw');
 //   await convertImage(img, 'disk.qcow2', { format: 'qcow2', compress: 'zstd' });
 import { availableParallelism } from 'node:os';
+import type { TransferListItem } from 'node:worker_threads';
 import { realpath } from 'node:fs/promises';
 import { FerryError } from '../errors.js';
 import { freeSpace, openSink, type Sink } from '../io/sink.js';
@@ -18,6 +19,7 @@ import type { DataRun, ImageWriter, WriteSpec, WriteSummary } from '../image/wri
 import { createWriter } from '../image/writers.js';
 import { UNIT_COMPRESSED, UNIT_FIELDS, encodeChunk } from './encode-job.js';
 import type { EncodeResult } from './pool-worker.js';
+import { BufferPool, fromRef, refTo } from './buffer-pool.js';
 import { streamVirtual, type VirtualChunk } from './virtual-stream.js';
 import { WorkerPool } from './worker-pool.js';
 
@@ -36,7 +38,7 @@ export interface ConvertOptions {
   sync?: boolean;
   /** Worker threads for compression and decompression (default: all cores). */
   workers?: number;
-  /** Bound on source bytes being encoded ahead of the writer (default 64 MiB). */
+  /** Bound on source bytes read ahead, and on bytes being encoded ahead of the writer (default 32 MiB each). */
   maxInFlightBytes?: number;
   onProgress?: (p: ConvertProgress) => void;
   /** Aborting stops the conversion with INTERRUPTED and removes the partial output. */
@@ -53,7 +55,7 @@ export interface ConvertResult {
   seconds: number;
 }
 
-const DEFAULT_IN_FLIGHT = 64 * 1024 * 1024;
+const DEFAULT_IN_FLIGHT = 32 * 1024 * 1024;
 const MIN_CHUNK = 4 * 1024 * 1024;
 
 function interrupted(): FerryError {
@@ -137,7 +139,10 @@ export function chunkSizeFor(writer: ImageWriter): number {
 
 /** Streams the source through encoding into the writer. */
 async function pump(image: DiskImage, writer: ImageWriter, pool: WorkerPool | undefined, workers: number, opts: ConvertOptions) {
-  const stream = streamVirtual(image, { chunkSize: chunkSizeFor(writer), align: writer.unitSize, workers, ...(pool ? { pool } : {}) });
+  // The consumer holds chunks until they are written: up to the encode window's worth.
+  const window = opts.maxInFlightBytes ?? DEFAULT_IN_FLIGHT;
+  const heldChunks = Math.ceil(window / chunkSizeFor(writer)) + 4;
+  const stream = streamVirtual(image, { chunkSize: chunkSizeFor(writer), align: writer.unitSize, workers, heldChunks, maxInFlightBytes: window, ...(pool ? { pool } : {}) });
   return writeChunks(stream, image.virtualSize, writer, pool, opts);
 }
 
@@ -174,7 +179,11 @@ export async function writeChunks(
     return runs;
   };
 
-  /** Encodes a data chunk; `done` hands its buffer back to the stream once the runs are written. */
+  // Room for compressed output, from a shared arena like the stream's chunks.
+  // (a chunk's compressed units never exceed it by more than ~1/1000, plus the last padded unit)
+  const outSlots = new BufferPool(chunkSizeFor(writer) + Math.max(unit, chunkSizeFor(writer) / 16), Math.ceil(maxInFlight / chunkSizeFor(writer)) + 4);
+
+  /** Encodes a data chunk; `done` hands its buffers back once the runs are written. */
   const encode = (c: VirtualChunk): Promise<{ runs: DataRun[]; done: () => void }> => {
     const data = c.data!;
     if (!compress) {
@@ -182,14 +191,21 @@ export async function writeChunks(
       const e = encodeChunk(data, unit, enc);
       return Promise.resolve({ runs: toRuns(c.offset, data, e.units, e.out), done: () => c.release?.() });
     }
-    // The input is transferred to the worker (and comes back): it must start its ArrayBuffer.
-    const own = data.byteOffset === 0 ? data : Buffer.from(data);
-    const length = own.length; // read before the transfer detaches `own`
-    const input = own.buffer as ArrayBuffer;
-    return pool!.run<EncodeResult>({ type: 'encode', input, length, unitSize: unit, encoding: enc }, [input]).then((r) => ({
-      runs: toRuns(c.offset, Buffer.from(r.input, 0, length), r.units, Buffer.from(r.out)),
-      done: () => c.release?.(r.input),
-    }));
+    const transfer: TransferListItem[] = [];
+    const input = refTo(data, transfer); // shared arena range, or the chunk's own buffer (transferred)
+    const room = outSlots.tryTake(outSlots.slotSize);
+    const out = room ? refTo(room, transfer) : undefined;
+    return pool!.run<EncodeResult>({ type: 'encode', input, ...(out ? { out } : {}), unitSize: unit, encoding: enc }, transfer).then((r) => {
+      const chunk = fromRef(r.input);
+      const packed = fromRef(r.out);
+      return {
+        runs: toRuns(c.offset, chunk, r.units, packed),
+        done: () => {
+          c.release?.(chunk);
+          outSlots.give(room);
+        },
+      };
+    });
   };
 
   // Writing runs as its own chain of promises, so reading and encoding go on while the writer

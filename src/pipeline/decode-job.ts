@@ -61,8 +61,8 @@ function view(input: Input, from: number, len: number): Buffer {
  * Runs a job: returns the chunk's bytes in a buffer of its own (transferable). Decoding errors
  * are IMAGE_CORRUPT FerryErrors whose details carry file, hostOffset and guestOffset.
  */
-export function runDecodeJob(inputs: Input[], outLength: number, ops: DecodeOp[], names: string[], into?: ArrayBuffer): Buffer {
-  const out = into ? Buffer.from(into, 0, outLength) : Buffer.allocUnsafeSlow(outLength);
+export function runDecodeJob(inputs: Input[], outLength: number, ops: DecodeOp[], names: string[], into?: Buffer): Buffer {
+  const out = into ? into.subarray(0, outLength) : Buffer.allocUnsafeSlow(outLength);
   let lastKey = -1;
   let lastBuf = -1;
   let lastUnit: Buffer | undefined;

@@ -31,7 +31,7 @@ export const UNIT_COMPRESSED = 2;
 export interface EncodedChunk {
   /** Per kept unit: [offset in chunk, virtual length, kind (UNIT_RAW | UNIT_COMPRESSED), start in `out`, length in `out`]. */
   units: number[];
-  /** Compressed bytes of all UNIT_COMPRESSED units, back to back. */
+  /** Compressed bytes of all UNIT_COMPRESSED units, back to back (in `into` when they fit). */
   out: Buffer;
 }
 export const UNIT_FIELDS = 5;
@@ -50,21 +50,73 @@ export function isAllZero(buf: Buffer): boolean {
 
 let zstdCtx: InstanceType<typeof zstd.CCtx> | undefined;
 
-function compressUnit(unit: Buffer, enc: UnitEncoding): Buffer {
+/** Collects compressed units back to back, in `into` while they fit, else in buffers of its own. */
+class Output {
+  private parts: Buffer[] = [];
+  length = 0;
+
+  constructor(private readonly into: Buffer | undefined) {}
+
+  /** Room at the end of `into` for `n` more bytes, if any. */
+  room(n: number): Buffer | undefined {
+    return this.into && this.parts.length === 0 && this.length + n <= this.into.length ? this.into.subarray(this.length, this.length + n) : undefined;
+  }
+
+  /** Records `n` bytes written into the room last returned. */
+  wrote(n: number): void {
+    this.length += n;
+  }
+
+  append(b: Buffer): void {
+    const room = this.room(b.length);
+    if (room) {
+      b.copy(room);
+    } else {
+      if (this.parts.length === 0 && this.length > 0) this.parts.push(Buffer.from(this.into!.subarray(0, this.length)));
+      this.parts.push(b);
+    }
+    this.length += b.length;
+  }
+
+  /** The bytes: a view of `into`, or one buffer of its own (owning its ArrayBuffer from byte 0). */
+  result(): Buffer {
+    if (this.parts.length === 0) return this.into ? this.into.subarray(0, this.length) : Buffer.allocUnsafeSlow(0);
+    const out = Buffer.allocUnsafeSlow(this.length);
+    let pos = 0;
+    for (const p of this.parts) pos += p.copy(out, pos);
+    return out;
+  }
+}
+
+function compressUnit(unit: Buffer, enc: UnitEncoding, out: Output): number {
   switch (enc.codec) {
-    case 'deflate':
+    case 'deflate': {
       // qcow2: raw deflate with a 4 KiB window (qemu reads with windowBits -12).
-      return deflateRawSync(unit, { level: enc.level ?? zc.Z_DEFAULT_COMPRESSION, windowBits: 12, memLevel: 9 });
-    case 'zlib':
-      return deflateSync(unit, { level: enc.level ?? zc.Z_DEFAULT_COMPRESSION });
+      const b = deflateRawSync(unit, { level: enc.level ?? zc.Z_DEFAULT_COMPRESSION, windowBits: 12, memLevel: 9 });
+      out.append(b);
+      return b.length;
+    }
+    case 'zlib': {
+      const b = deflateSync(unit, { level: enc.level ?? zc.Z_DEFAULT_COMPRESSION });
+      out.append(b);
+      return b.length;
+    }
     case 'zstd': {
       zstdCtx ??= new zstd.CCtx();
-      const dst = Buffer.allocUnsafe(zstd.compressBound(unit.length));
+      const bound = zstd.compressBound(unit.length);
+      const room = out.room(bound);
+      if (room) {
+        const n = zstdCtx.compress(room, unit, enc.level ?? 3);
+        out.wrote(n);
+        return n;
+      }
+      const dst = Buffer.allocUnsafe(bound);
       const n = zstdCtx.compress(dst, unit, enc.level ?? 3);
-      return dst.subarray(0, n);
+      out.append(dst.subarray(0, n));
+      return n;
     }
     default:
-      return unit;
+      throw new Error(`no compression for codec ${enc.codec}`);
   }
 }
 
@@ -72,10 +124,9 @@ function compressUnit(unit: Buffer, enc: UnitEncoding): Buffer {
  * Encodes `chunk` (whose first byte is at a unit boundary) into units of `unitSize`.
  * Raw units' bytes stay in `chunk`; the record says where.
  */
-export function encodeChunk(chunk: Buffer, unitSize: number, enc: UnitEncoding): EncodedChunk {
+export function encodeChunk(chunk: Buffer, unitSize: number, enc: UnitEncoding, into?: Buffer): EncodedChunk {
   const units: number[] = [];
-  const parts: Buffer[] = [];
-  let outLen = 0;
+  const out = new Output(into);
   for (let at = 0; at < chunk.length; at += unitSize) {
     const len = Math.min(unitSize, chunk.length - at);
     const unit = chunk.subarray(at, at + len);
@@ -92,18 +143,15 @@ export function encodeChunk(chunk: Buffer, unitSize: number, enc: UnitEncoding):
       input = Buffer.alloc(unitSize);
       unit.copy(input);
     }
-    const packed = compressUnit(input, enc);
-    if (packed.length > enc.rawAbove) {
+    const start = out.length;
+    const n = compressUnit(input, enc, out);
+    if (n > enc.rawAbove) {
+      // Stored raw: drop the compressed bytes just appended (they are at the end).
+      out.length = start;
       units.push(at, len, UNIT_RAW, 0, 0);
     } else {
-      units.push(at, len, UNIT_COMPRESSED, outLen, packed.length);
-      parts.push(packed);
-      outLen += packed.length;
+      units.push(at, len, UNIT_COMPRESSED, start, n);
     }
   }
-  // One buffer owning its whole ArrayBuffer, so a worker can transfer it instead of copying.
-  const out = Buffer.allocUnsafeSlow(outLen);
-  let pos = 0;
-  for (const p of parts) pos += p.copy(out, pos);
-  return { units, out };
+  return { units, out: out.result() };
 }

@@ -1,7 +1,9 @@
 // Worker-thread entry of the worker pool: runs decode jobs (assemble a chunk from compressed units,
 // see decode-job.ts) and encode jobs (zero-detect and compress a chunk into units, see
-// encode-job.ts), transferring the resulting buffers back without copying.
-import { parentPort } from 'node:worker_threads';
+// encode-job.ts). Buffers come as references (buffer-pool.ts): ranges of a shared arena are read
+// and written in place; owned buffers were transferred here and are transferred back.
+import { parentPort, type TransferListItem } from 'node:worker_threads';
+import { fromRef, refTo, type BufRef } from './buffer-pool.js';
 import { describeFailure, runDecodeJob, type DecodeOp } from './decode-job.js';
 import { encodeChunk, type UnitEncoding } from './encode-job.js';
 import type { PoolReply } from './worker-pool.js';
@@ -12,35 +14,40 @@ if (!port) throw new Error('pool-worker.js must run as a worker thread');
 interface DecodeMessage {
   type: 'decode';
   id: number;
-  inputs: ArrayBuffer[];
-  outLength: number;
+  inputs: BufRef[];
+  /** Where the chunk is assembled (its length is the chunk's). */
+  out: BufRef;
   ops: DecodeOp[];
   names: string[];
-  /** Buffer to decode into (recycled by the caller); a new one when absent. */
-  out?: ArrayBuffer;
 }
 
 /** Result of a decode job: the chunk's bytes, and the input buffers handed back for reuse. */
 export interface DecodeResult {
-  out: ArrayBuffer;
-  inputs: ArrayBuffer[];
+  out: BufRef;
+  inputs: BufRef[];
 }
 
 interface EncodeMessage {
   type: 'encode';
   id: number;
-  input: ArrayBuffer;
-  /** Bytes of `input` that hold the chunk (from byte 0). */
-  length: number;
+  input: BufRef;
+  /** Room for the compressed bytes (when absent or too small, a buffer of the worker's own). */
+  out?: BufRef;
   unitSize: number;
   encoding: UnitEncoding;
 }
 
-/** Result of an encode job: the input comes back (raw units live in it) with the compressed bytes. */
+/** Result of an encode job: the input (raw units live in it) and the compressed bytes. */
 export interface EncodeResult {
-  input: ArrayBuffer;
+  input: BufRef;
   units: number[];
-  out: ArrayBuffer;
+  out: BufRef;
+}
+
+/** Hands a reference back: shared ranges as they are, owned buffers transferred again. */
+function back(ref: BufRef, transfer: TransferListItem[]): BufRef {
+  if ('owned' in ref && !transfer.includes(ref.owned)) transfer.push(ref.owned);
+  return ref;
 }
 
 port.on('message', (job: DecodeMessage | EncodeMessage | { stop: true }) => {
@@ -50,18 +57,19 @@ port.on('message', (job: DecodeMessage | EncodeMessage | { stop: true }) => {
     return;
   }
   try {
+    const transfer: TransferListItem[] = [];
+    let result: DecodeResult | EncodeResult;
     if (job.type === 'decode') {
-      const out = runDecodeJob(job.inputs, job.outLength, job.ops, job.names, job.out);
-      // `out` starts at byte 0 of its own ArrayBuffer: hand it over without copying.
-      const result: DecodeResult = { out: out.buffer as ArrayBuffer, inputs: job.inputs };
-      const reply: PoolReply = { id: job.id, result };
-      port.postMessage(reply, [result.out, ...job.inputs]);
+      runDecodeJob(job.inputs.map(fromRef), job.out.length, job.ops, job.names, fromRef(job.out));
+      result = { out: back(job.out, transfer), inputs: job.inputs.map((r) => back(r, transfer)) };
     } else {
-      const enc = encodeChunk(Buffer.from(job.input, 0, job.length), job.unitSize, job.encoding);
-      const result: EncodeResult = { input: job.input, units: enc.units, out: enc.out.buffer as ArrayBuffer };
-      const reply: PoolReply = { id: job.id, result };
-      port.postMessage(reply, enc.out.length > 0 ? [job.input, result.out] : [job.input]);
+      const into = job.out ? fromRef(job.out) : undefined;
+      const enc = encodeChunk(fromRef(job.input), job.unitSize, job.encoding, into);
+      const out = into && enc.out.buffer === into.buffer && enc.out.byteOffset === into.byteOffset ? back({ ...job.out!, length: enc.out.length }, transfer) : refTo(enc.out, transfer);
+      result = { input: back(job.input, transfer), units: enc.units, out };
     }
+    const reply: PoolReply = { id: job.id, result };
+    port.postMessage(reply, transfer);
   } catch (err) {
     const reply: PoolReply = { id: job.id, error: describeFailure(err) };
     port.postMessage(reply);

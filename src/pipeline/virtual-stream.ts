@@ -16,7 +16,8 @@ import type { ByteSource } from '../io/byte-source.js';
 import type { DiskImage } from '../image/types.js';
 import { planChunks, type PlanItem } from './chunk-plan.js';
 import { runDecodeJob, type DecodeOp } from './decode-job.js';
-import { BufferPool } from './buffer-pool.js';
+import type { TransferListItem } from 'node:worker_threads';
+import { BufferPool, fromRef, refTo } from './buffer-pool.js';
 import type { DecodeResult } from './pool-worker.js';
 import { WorkerPool } from './worker-pool.js';
 
@@ -30,9 +31,9 @@ export interface VirtualChunk {
   /**
    * Data chunks: hands the buffer back for reuse once the consumer is done with `data` (optional;
    * without it the buffer is garbage collected). After a transfer to a worker and back, pass the
-   * ArrayBuffer that came back.
+   * buffer that came back.
    */
-  release?: (returned?: ArrayBuffer) => void;
+  release?: (returned?: Buffer) => void;
 }
 
 export interface StreamOptions {
@@ -54,6 +55,8 @@ export interface StreamOptions {
   align?: number;
   /** A pool to decode on (shared with other work; not closed by the stream). */
   pool?: WorkerPool;
+  /** Chunks the consumer may hold (not yet released) beyond the readahead (default 8). */
+  heldChunks?: number;
 }
 
 export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
@@ -193,8 +196,9 @@ export async function* streamVirtual(image: DiskImage, opts: StreamOptions = {})
   let lookahead: PlanItem | undefined;
   let planDone = false;
 
-  // Pooled chunk buffers: a bit larger than a chunk, so compressed input ranges fit too.
-  const buffers = new BufferPool(chunkSize + chunkSize / 4, Math.ceil(maxInFlight / chunkSize) + 8);
+  // Chunk buffers from a shared arena: a bit larger than a chunk, so compressed input ranges fit
+  // too; enough slots for the readahead and for what a consumer may still hold.
+  const buffers = new BufferPool(chunkSize + chunkSize / 4, Math.ceil(maxInFlight / chunkSize) + (opts.heldChunks ?? 8));
   const dataChunk = (item: Extract<PlanItem, { type: 'data' }>, data: Buffer): VirtualChunk => ({
     offset: item.offset,
     length: item.length,
@@ -214,17 +218,17 @@ export async function* streamVirtual(image: DiskImage, opts: StreamOptions = {})
     if (plan.ops.length === 1 && only?.t === 'copy' && only.from === 0 && only.len === bufs[0]!.length) return dataChunk(item, bufs[0]!);
     const out = buffers.take(item.length);
     if (!plan.compressed || workers === 0) {
-      runDecodeJob(bufs, item.length, plan.ops, plan.names, out.buffer as ArrayBuffer);
+      runDecodeJob(bufs, item.length, plan.ops, plan.names, out);
       for (const b of bufs) buffers.give(b);
       return dataChunk(item, out);
     }
     if (finished) throw new FerryError('INTERNAL', 'read finished', { remedy: 'none' });
     pool ??= new WorkerPool(workers);
-    const inputs = bufs.map((b) => b.buffer as ArrayBuffer);
-    const into = out.buffer as ArrayBuffer;
-    const r = await pool.run<DecodeResult>({ type: 'decode', inputs, outLength: item.length, ops: plan.ops, names: plan.names, out: into }, [into, ...inputs]);
-    for (const b of r.inputs) buffers.give(b);
-    return dataChunk(item, Buffer.from(r.out, 0, item.length));
+    const transfer: TransferListItem[] = [];
+    const inputs = bufs.map((b) => refTo(b, transfer));
+    const r = await pool.run<DecodeResult>({ type: 'decode', inputs, out: refTo(out, transfer), ops: plan.ops, names: plan.names }, transfer);
+    for (const ref of r.inputs) buffers.give(fromRef(ref));
+    return dataChunk(item, fromRef(r.out));
   };
 
   try {

@@ -3,7 +3,7 @@
 // outstanding per worker (so a worker never idles waiting for the next message), buffers
 // transferred rather than copied. Workers are ref'd only while they hold work, so an abandoned
 // pool never keeps the process alive; close() stops them all.
-import { Worker } from 'node:worker_threads';
+import { Worker, type TransferListItem } from 'node:worker_threads';
 import { FerryError } from '../errors.js';
 import { reviveFailure, type DecodeFailure } from './decode-job.js';
 
@@ -29,7 +29,7 @@ interface Slot {
 
 interface Queued extends Pending {
   job: PoolJob;
-  transfer: ArrayBuffer[];
+  transfer: TransferListItem[];
 }
 
 let liveWorkers = 0;
@@ -60,7 +60,7 @@ export class WorkerPool {
    * Runs a job (its `id` is assigned here); the buffers in `transfer` are moved to the worker
    * (detached here). Resolves to the handler's result.
    */
-  run<R>(job: Omit<PoolJob, 'id'> & Record<string, unknown>, transfer: ArrayBuffer[] = []): Promise<R> {
+  run<R>(job: Omit<PoolJob, 'id'> & Record<string, unknown>, transfer: TransferListItem[] = []): Promise<R> {
     if (this.closed) return Promise.reject(this.failure ?? closedError());
     return new Promise<R>((resolve, reject) => {
       this.queue.push({ job: { ...job, id: this.nextId++ } as PoolJob, transfer, resolve: resolve as (r: unknown) => void, reject });

@@ -114,8 +114,8 @@ export class Qcow2Mapper {
 
   /**
    * A data run at `src.offset`. With metadata preallocation, holes of the host file (and bytes past
-   * its end) stay 'data' extents (qemu-img map: data=true, zero=true) but read as zeros without I/O,
-   * so streaming skips them. Otherwise the part of
+   * its end) stay 'data' extents — allocated, as qemu-img map says (data=true, zero=true) — whose
+   * bytes are zeros, read without I/O (streaming skips them). Otherwise the part of
    * the last, partially written host cluster past the end of the file reads as zeros (qemu allows
    * that); clusters wholly past the end stay host runs, so reading them reports the truncation.
    */
