@@ -109,6 +109,20 @@ test('a full target file system: refused up front (raw), or stopped mid-write (c
   assert.deepEqual(readdirSync(mnt).filter((n) => n !== 'lost+found'), [], 'nothing left on the full file system');
 });
 
+test('an output that fits a nearly full file system is written (no over-reservation)', async () => {
+  const small = join(dir, 'small-data.raw');
+  await writeRandomFile(small, 4 << 20, 'fits');
+  execFileSync('truncate', ['-s', '64M', small]);
+  for (const [fmt, ext] of [['qcow2', 'qcow2'], ['vpc', 'vhd'], ['vmdk', 'vmdk'], ['raw', 'raw']] as const) {
+    const out = join(mnt, `fits.${ext}`);
+    const r = ferry('image', 'convert', '--json', '-O', fmt, small, out);
+    assert.equal(r.code, 0, `${fmt}: ${r.stdout}${r.stderr}`);
+    const cmp = spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', fmt, small, out], { encoding: 'utf8' });
+    assert.equal(cmp.status, 0, cmp.stdout + cmp.stderr);
+    rmSync(out);
+  }
+});
+
 /** Starts a conversion of big.raw and resolves once its partial output exists. */
 async function startBig(out: string): Promise<ReturnType<typeof spawn>> {
   const child = spawn(process.execPath, [BIN, 'image', 'convert', '-O', 'qcow2', '-c', '--json', join(dir, 'big.raw'), out], { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -44,6 +44,7 @@ export class RawWriter implements ImageWriter {
   async write(runs: DataRun[]): Promise<void> {
     for (const r of runs) {
       if (this.fillZeros) await this.zeroTo(r.offset);
+      await this.sink.reserve(r.offset, r.length);
       await this.sink.write(r.data, r.offset);
       this.pos = r.offset + r.length;
     }

@@ -6,10 +6,14 @@
 import { constants, type FileHandle, open, rename, rm, stat, statfs } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { createRequire } from 'node:module';
 import fsExt from 'fs-ext';
 import { FerryError } from '../errors.js';
 
 const SEEK_END = 2;
+
+/** The fallocate(2) binding (native/), when it was built. */
+const native = createRequire(import.meta.url)('ferry-native') as { fallocate(fd: number, offset: number, length: number, keepSize?: boolean): void } | undefined;
 
 export interface Sink {
   /** The final path (for messages and names written into images, e.g. a VMDK extent name). */
@@ -23,6 +27,13 @@ export interface Sink {
   writev(bufs: Buffer[], position: number): Promise<void>;
   /** Sets the file length (files only; extends with a hole). */
   truncate(size: number): Promise<void>;
+  /**
+   * Reserves disk blocks for [offset, offset+length) before they are written (files only; may
+   * extend the file: writers truncate to their final size). Writing into reserved blocks avoids the
+   * kernel's block-by-block delayed allocation. A no-op where the file system cannot do it; a full
+   * file system is TARGET_NO_SPACE.
+   */
+  reserve(offset: number, length: number): Promise<void>;
   /** Flushes to stable storage and puts the file in place under its final name. */
   commit(): Promise<void>;
   /** Removes the temporary file (files) and closes. Idempotent; never throws. */
@@ -153,6 +164,25 @@ abstract class HandleSink implements Sink {
       const skip = Math.min(b.length, Math.max(0, position + written - pos));
       if (skip < b.length) await this.write(b.subarray(skip), pos + skip);
       pos += b.length;
+    }
+  }
+
+  private canReserve = native !== undefined;
+
+  async reserve(offset: number, length: number): Promise<void> {
+    if (!this.canReserve || this.isBlockDevice || length <= 0) return;
+    // A large reservation on a nearly full file system would take blocks the data may need (and a
+    // failed fallocate can keep part of what it took): there, write without reserving.
+    if (length >= 1024 * 1024) {
+      const free = await freeSpace(this.path);
+      if (free !== undefined && free < length + TIGHT_SPACE) return;
+    }
+    try {
+      native!.fallocate(this.handle.fd, offset, length);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOSPC' || code === 'EDQUOT') throw targetError(err, this.path, `reserving ${length} bytes at offset ${offset}`);
+      this.canReserve = false; // not supported here: write without reserving
     }
   }
 
@@ -309,15 +339,19 @@ export async function freeSpace(path: string): Promise<number | undefined> {
 
 /**
  * Gathers writes that continue each other into one vectored write (writers append most of their
- * output sequentially); a write elsewhere, or enough pending bytes, flushes.
+ * output sequentially); a write elsewhere, or enough pending bytes, flushes. Blocks are reserved
+ * before they are written: `ahead` reserves in large steps past the end (formats that append and
+ * truncate to their final size at the end), `exact` only what is written (sparse layouts).
  */
 export class WriteBatcher {
   private bufs: Buffer[] = [];
   private at = 0;
   private len = 0;
+  private reservedEnd = 0;
 
   constructor(
     private readonly sink: Sink,
+    private readonly reserve: 'ahead' | 'exact' = 'ahead',
     private readonly limit = 8 * 1024 * 1024,
   ) {}
 
@@ -334,8 +368,22 @@ export class WriteBatcher {
     if (this.len === 0) return;
     const bufs = this.bufs;
     const at = this.at;
+    const len = this.len;
     this.bufs = [];
     this.len = 0;
+    if (this.reserve === 'exact') {
+      await this.sink.reserve(at, len);
+    } else if (at + len > this.reservedEnd) {
+      const from = Math.max(this.reservedEnd, at);
+      const to = Math.max(at + len, from + RESERVE_STEP);
+      await this.sink.reserve(from, to - from);
+      this.reservedEnd = to;
+    }
     await this.sink.writev(bufs, at);
   }
 }
+
+/** How far ahead appending writers reserve blocks. */
+const RESERVE_STEP = 64 * 1024 * 1024;
+/** Free space that must remain beyond a reservation of 1 MiB or more, or it is skipped. */
+const TIGHT_SPACE = 256 * 1024 * 1024;

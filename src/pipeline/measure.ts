@@ -62,6 +62,8 @@ class CountingSink implements Sink {
     this.size = size;
   }
 
+  async reserve(): Promise<void> {}
+
   async commit(): Promise<void> {}
   async abort(): Promise<void> {}
 }

@@ -97,7 +97,8 @@ export class VhdWriter implements ImageWriter {
     }
     this.subformat = sub;
     this.sink = ctx.sink;
-    this.out = new WriteBatcher(ctx.sink);
+    // Fixed: data at its own offsets (sparse), so reserve exactly; dynamic: blocks are appended.
+    this.out = new WriteBatcher(ctx.sink, sub === 'fixed' ? 'exact' : 'ahead');
     const base = spec.alignSize ? roundUp(ctx.sourceSize, spec.alignSize) : ctx.sourceSize;
     const exact = spec.exactSize === true || spec.alignSize !== undefined;
     const { sectors, geometry } = vhdLayoutSize(base, exact);
