@@ -51,6 +51,7 @@ async function main(): Promise<void> {
   try {
     for await (const c of streamVirtual(image, stream)) {
       if (c.data) dataBytes += c.data.length;
+      c.release?.(); // a real consumer hands each chunk's buffer back once done with it
       virtualBytes += c.length;
       chunks++;
     }
