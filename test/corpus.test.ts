@@ -108,10 +108,15 @@ describe('corpus: every subformat reads, maps and checks like qemu-img', () => {
             row.content = 'FAIL';
             const ours = await ferrySha(image);
             row.ferry = ours.slice(0, 12);
-            const theirs = await qemuSha(entry, dir);
-            row.qemu = theirs.sha.slice(0, 12);
-            assert.equal(image.virtualSize, theirs.size, 'virtual size differs from qemu-img info');
-            assert.equal(ours, theirs.sha, 'SHA-256 of the virtual content differs from qemu-img convert -O raw');
+            if (entry.qemuWrong) {
+              assert.ok(entry.expectedRaw, 'an entry qemu cannot read needs an independently built expected disk');
+              row.qemu = 'n/a';
+            } else {
+              const theirs = await qemuSha(entry, dir);
+              row.qemu = theirs.sha.slice(0, 12);
+              assert.equal(image.virtualSize, theirs.size, 'virtual size differs from qemu-img info');
+              assert.equal(ours, theirs.sha, 'SHA-256 of the virtual content differs from qemu-img convert -O raw');
+            }
             if (entry.expectedRaw) {
               const key = `${entry.expectedRaw}:${image.virtualSize}`;
               let want = expectedShas.get(key);
@@ -124,6 +129,11 @@ describe('corpus: every subformat reads, maps and checks like qemu-img', () => {
             row.content = 'ok';
           });
           await st.test('extents vs qemu-img map (b)', async () => {
+            if (entry.qemuWrong) {
+              // qemu's map is wrong here; the per-sector map is tested against the expected layout in vhd.test.ts.
+              row.map = 'n/a';
+              return;
+            }
             row.map = 'FAIL';
             const ours = await fromExtents(extents(image));
             const theirs = await qemuMap(entry.qemuPath, entry.qemuFormat);

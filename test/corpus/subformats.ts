@@ -3,11 +3,12 @@
 // zlib/zstd compression, extended L2, lazy refcounts left dirty, preallocation, internal
 // snapshot, zero clusters, backing chains), vpc (fixed/dynamic, force_size), vmdk (monolithicSparse,
 // streamOptimized, monolithicFlat, twoGbMaxExtent{Sparse,Flat} — also on a >2 GiB disk so several
-// extents exist — zeroed grains) and an OVA. Each entry says how to open it and what to compare with.
-import { mkdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
+// extents exist — zeroed grains, an ESX vmfs descriptor), a differencing VHD and an OVA. Each entry says how to open it and what to compare with.
+import { mkdir, open, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { ImageFormat, OpenOptions } from '../../src/image/types.js';
 import { writeRandomFile } from './reference-disk.js';
+import { buildDiff } from './vhd-diff.js';
 import { run } from './run.js';
 
 export interface CorpusEntry {
@@ -31,6 +32,11 @@ export interface CorpusEntry {
   qemuCheck: boolean;
   /** Extra facts for diagnostics, e.g. "left dirty by an aborted writer". */
   note?: string;
+  /**
+   * Set when qemu-img cannot be the oracle (it reads a differencing VHD as if it had no parent):
+   * the content is checked against `expectedRaw` only, and the map is not compared with qemu's.
+   */
+  qemuWrong?: string;
 }
 
 export interface SubformatOptions {
@@ -181,6 +187,56 @@ export async function buildSubformats(refRaw: string, dir: string, options: Subf
     simple('vpc-dynamic', 'vpc', 'dynamic', ['subformat=dynamic'], [], 'vhd'),
     simple('vpc-fixed-force-size', 'vpc', 'fixed force_size', ['subformat=fixed', 'force_size=on'], [], 'vhd'),
     simple('vpc-dynamic-force-size', 'vpc', 'dynamic force_size', ['subformat=dynamic', 'force_size=on'], [], 'vhd'),
+    {
+      name: 'vpc-differencing',
+      build: async () => {
+        // qemu-img cannot create differencing VHDs: the child is built by hand over a qemu-made parent.
+        const parent = p('diff-parent.vhd');
+        await convert(refRaw, parent, 'vpc', ['subformat=dynamic']);
+        const blocks = new Map([
+          [0, { sectors: [0, 1, 2, 3, 64, 65], fill: 0xd1 }],
+          [5, { sectors: Array.from({ length: 256 }, (_, i) => i * 3), fill: 0xd2 }],
+          [20, { sectors: [4095], fill: 0xd3 }],
+        ]);
+        const path = p('diff-child.vhd');
+        await writeFile(path, buildDiff({ parent, parentName: 'diff-parent.vhd', locators: [{ code: 'W2ru', data: Buffer.from('.\\diff-parent.vhd', 'utf16le') }], blocks }));
+        // The expected disk, composed independently: the parent's content with the child's sectors.
+        const expected = p('diff-expected.raw');
+        await run('qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', parent, expected]);
+        const fh = await open(expected, 'r+');
+        try {
+          for (const [block, b] of blocks) {
+            for (const sector of b.sectors) await fh.write(Buffer.alloc(512, b.fill), 0, 512, block * 2 * MIB + sector * 512);
+          }
+        } finally {
+          await fh.close();
+        }
+        return entry({
+          name: 'vpc-differencing',
+          path,
+          format: 'vpc',
+          subformat: 'differencing over dynamic',
+          options: { allowBacking: true },
+          expectedRaw: expected,
+          qemuWrong: 'qemu-img reads a differencing VHD without its parent',
+        });
+      },
+    },
+    {
+      name: 'vmdk-vmfs',
+      build: async () => {
+        // An ESX "vmfs" descriptor: one VMFS extent, a flat file next to it.
+        const flat = p('vmfs-flat.vmdk');
+        await run('cp', ['--sparse=always', refRaw, flat]);
+        const sectors = (await stat(refRaw)).size / 512;
+        const path = p('vmfs.vmdk');
+        await writeFile(
+          path,
+          `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="vmfs"\n\n# Extent description\nRW ${sectors} VMFS "vmfs-flat.vmdk"\n\n# The Disk Data Base\n#DDB\n\nddb.adapterType = "lsilogic"\nddb.virtualHWVersion = "14"\n`,
+        );
+        return entry({ name: 'vmdk-vmfs', path, format: 'vmdk', subformat: 'vmfs (ESX descriptor + flat extent)', expectedRaw: refRaw });
+      },
+    },
     simple('vmdk-monolithicSparse', 'vmdk', 'monolithicSparse', ['subformat=monolithicSparse']),
     simple('vmdk-streamOptimized', 'vmdk', 'streamOptimized', ['subformat=streamOptimized']),
     simple('vmdk-monolithicFlat', 'vmdk', 'monolithicFlat', ['subformat=monolithicFlat']),
