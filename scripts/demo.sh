@@ -10,7 +10,7 @@ bash scripts/setup.sh >/dev/null
 work=$(mktemp -d "${TMPDIR:-/tmp}/ferry-demo.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 ferry() { node bin/ferry.js "$@"; }
-sha() { ferry image checksum --json "$1" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).sha256))'; }
+sha() { ferry image checksum --json "$1" 2>/dev/null | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).sha256))'; }
 fail=0
 verify() { # verify IMAGE LABEL: same content as the original disk
   local got; got=$(sha "$1")
@@ -48,11 +48,13 @@ echo "== converting with Ferry (all cores): qcow2 + zstd, Azure-style fixed VHD,
 ferry image convert -O qcow2 --compress zstd "$work/disk.vmdk" "$work/out.qcow2"
 ferry image convert -O vpc --subformat fixed --align-size 1M "$work/disk.qcow2" "$work/out.vhd"
 ferry image convert -O vmdk "$work/disk.vhd" "$work/out.vmdk"
-for img in out.qcow2 out.vhd out.vmdk; do
+for img in out.qcow2:qcow2 out.vhd:vpc out.vmdk:vmdk; do
+  fmt=${img#*:}; img=${img%%:*}
   verify "$work/$img" "$img"
-  if qemu-img compare -q "$work/disk.raw" "$work/$img"; then echo "   qemu-img compare: identical"; else echo "   qemu-img compare: DIFFERENT"; fail=1; fi
+  # -F: qemu-img detects a fixed VHD only by name (it has no header); Ferry finds its footer.
+  if qemu-img compare -q -f raw -F "$fmt" "$work/disk.raw" "$work/$img"; then echo "   qemu-img compare: identical"; else echo "   qemu-img compare: DIFFERENT"; fail=1; fi
   case $img in
-    *.qcow2|*.vmdk) if qemu-img check -q "$work/$img"; then echo "   qemu-img check: no errors"; else echo "   qemu-img check: FAILED"; fail=1; fi ;;
+    *.qcow2|*.vmdk) if qemu-img check -q -f "$fmt" "$work/$img"; then echo "   qemu-img check: no errors"; else echo "   qemu-img check: FAILED"; fail=1; fi ;;
   esac
 done
 for f in disk.raw out.qcow2 out.vhd out.vmdk; do printf '   %-10s %11d bytes on disk\n' "$f" "$(( $(stat -c %b "$work/$f") * 512 ))"; done
