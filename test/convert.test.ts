@@ -13,6 +13,7 @@ import type { DiskImage } from '../src/image/types.js';
 import type { WriteSpec } from '../src/image/writer.js';
 import { checksumVirtual } from '../src/pipeline/checksum.js';
 import { convertImage } from '../src/pipeline/convert.js';
+import { measureImage } from '../src/pipeline/measure.js';
 import { streamVirtual } from '../src/pipeline/virtual-stream.js';
 import { buildReferenceDisk } from './corpus/reference-disk.js';
 import { buildSubformats, type CorpusEntry } from './corpus/subformats.js';
@@ -137,6 +138,38 @@ describe('convert engine options', () => {
           assert.ok(r.units.raw > 0, `workers=${workers}: the pseudo-random MiB should stay raw`);
           const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', raw, out], { okCodes: [0, 1, 2] });
           assert.equal(cmp.code, 0, cmp.stdout + cmp.stderr);
+        }
+      } finally {
+        await src.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('measure predicts the output size: exactly by default, closely with --sample', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ferry-measure-'));
+    try {
+      const raw = join(dir, 'src.raw');
+      const buf = Buffer.alloc(96 << 20);
+      for (let mib = 0; mib < 64; mib += 2) {
+        buf.write(`text block ${mib} `.repeat(40000), mib << 20);
+        randomFillSync(buf.subarray((mib + 1) << 20, ((mib + 1) << 20) + (512 << 10)));
+      }
+      await writeFile(raw, buf);
+      const src = await openImage(raw);
+      try {
+        for (const spec of [{ format: 'qcow2', compress: 'zstd' }, { format: 'vmdk' }, { format: 'vpc' }, { format: 'qcow2' }] as WriteSpec[]) {
+          const out = join(dir, `m.${spec.format}`);
+          const r = await convertImage(src, out, spec, { workers: 2 });
+          const exact = await measureImage(src, spec, { workers: 2 });
+          assert.equal(exact.estimated, false);
+          assert.equal(exact.fileSize, r.output.fileSize, `${JSON.stringify(spec)}: measured file size differs from the written one`);
+          const sampled = await measureImage(src, spec, { workers: 2, sample: true, sampleBytes: 16 << 20 });
+          assert.equal(sampled.estimated, true);
+          const error = Math.abs(sampled.fileSize - r.output.fileSize) / r.output.fileSize;
+          assert.ok(error < 0.1, `${JSON.stringify(spec)}: sampled estimate ${sampled.fileSize} is ${(error * 100).toFixed(1)} % off ${r.output.fileSize}`);
+          await rm(out);
         }
       } finally {
         await src.close();

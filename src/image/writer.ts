@@ -53,6 +53,8 @@ export interface ImageWriter {
   readonly virtualSize: number;
   /** Zero detection and compression granularity; runs start on multiples of it. */
   readonly unitSize: number;
+  /** Space is allocated in blocks of this many virtual bytes (VHD: 2 MiB), when larger than a unit. */
+  readonly allocationUnit?: number;
   readonly encoding: UnitEncoding;
   /**
    * Writes runs in increasing offset order (each call's runs follow the previous call's). When the

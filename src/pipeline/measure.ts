@@ -1,10 +1,10 @@
 // Output size of a conversion without writing it (`ferry image measure`): the real writer runs
 // against a sink that only counts. Exact by default (every data chunk is encoded, so compressed
-// sizes are real); with `sample`, only every k-th data chunk is encoded and the result is
-// extrapolated from the disk's data total — fast, and an estimate.
+// sizes are real); with `sample`, only small granules spread evenly over the disk are encoded and
+// the result is extrapolated from the disk's data total — fast, and an estimate.
 import { availableParallelism } from 'node:os';
 import type { Sink } from '../io/sink.js';
-import type { DiskImage } from '../image/types.js';
+import type { CheckReport, DiskImage, ImageInfo, Segment } from '../image/types.js';
 import type { ImageWriter, WriteSpec } from '../image/writer.js';
 import { createWriter } from '../image/writers.js';
 import { planChunks } from './chunk-plan.js';
@@ -86,25 +86,20 @@ export async function measureImage(image: DiskImage, spec: WriteSpec, opts: Meas
     const streamOpts = { chunkSize, align: unit, workers, ...(pool ? { pool } : {}) };
 
     // The data chunks the conversion would encode (from the map alone: nothing is read).
-    const cells: { offset: number; length: number }[] = [];
     let dataBytes = 0;
     for await (const item of planChunks(image, { offset: 0, length: image.virtualSize, chunkSize, minZeroRun: 0, align: unit })) {
-      if (item.type !== 'data') continue;
-      cells.push({ offset: item.offset, length: item.length });
-      dataBytes += item.length;
+      if (item.type === 'data') dataBytes += item.length;
     }
     const budget = opts.sampleBytes ?? 256 * 1024 * 1024;
     if (!opts.sample || dataBytes <= budget) {
       const r = await run(image, spec, () => streamVirtual(image, streamOpts), pool, opts);
       return { ...shape(r.summary), requiredBytes: r.written, dataBytes, estimated: false, sampledBytes: r.dataBytes };
     }
-    const every = Math.ceil(dataBytes / budget);
-    const picked = cells.filter((_, i) => i % every === Math.floor(every / 2));
-    async function* sampled(): AsyncGenerator<VirtualChunk> {
-      for (const c of picked) yield* streamVirtual(image, { ...streamOpts, offset: c.offset, length: c.length });
-    }
+    // Sample small granules spread evenly over the disk (not whole chunks: disks are uneven).
+    const granule = Math.max(probe.allocationUnit ?? unit, Math.ceil(SAMPLE_GRANULE / unit) * unit);
+    const sampled = new SampledImage(image, granule, budget / dataBytes);
     const empty = await run(image, spec, async function* () {}, pool, {});
-    const part = await run(image, spec, sampled, pool, opts);
+    const part = await run(image, spec, () => streamVirtual(sampled, streamOpts), pool, opts);
     const scale = dataBytes / Math.max(1, part.dataBytes);
     const extrapolate = (base: number, withSample: number) => Math.round(base + (withSample - base) * scale);
     return {
@@ -118,6 +113,64 @@ export async function measureImage(image: DiskImage, spec: WriteSpec, opts: Meas
   } finally {
     await pool?.close();
   }
+}
+
+const GOLDEN = (Math.sqrt(5) - 1) / 2;
+
+/** Granule of the disk sampled as a whole (a multiple of the writer's unit). */
+const SAMPLE_GRANULE = 256 * 1024;
+
+/**
+ * The disk with only a fraction f of its granules kept (granule g when frac(g·φ) < f); the rest
+ * reads as unallocated. Encoding it costs a fraction of the whole.
+ */
+class SampledImage implements DiskImage {
+  readonly format;
+  readonly virtualSize: number;
+  readonly name: string;
+
+  constructor(
+    private readonly inner: DiskImage,
+    private readonly granule: number,
+    private readonly fraction: number,
+  ) {
+    this.format = inner.format;
+    this.virtualSize = inner.virtualSize;
+    this.name = inner.name;
+  }
+
+  /** Golden-ratio sequence: evenly spread, yet not in step with regular layouts (every 8th block…). */
+  private kept(g: number): boolean {
+    return (g * GOLDEN) % 1 < this.fraction;
+  }
+
+  async map(offset: number, length: number): Promise<Segment[]> {
+    const out: Segment[] = [];
+    const end = offset + length;
+    const gap = (from: number, to: number) => {
+      const last = out[out.length - 1];
+      if (last && last.kind === 'unallocated' && last.offset + last.length === from) last.length += to - from;
+      else out.push({ offset: from, length: to - from, kind: 'unallocated', depth: 0, source: { type: 'zero' } });
+    };
+    for (let pos = offset; pos < end; ) {
+      const g = Math.floor(pos / this.granule);
+      const stop = Math.min(end, (g + 1) * this.granule);
+      if (this.kept(g)) out.push(...(await this.inner.map(pos, stop - pos)));
+      else gap(pos, stop);
+      pos = stop;
+    }
+    return out;
+  }
+
+  info(): Promise<ImageInfo> {
+    return this.inner.info();
+  }
+
+  check(): Promise<CheckReport> {
+    return this.inner.check();
+  }
+
+  async close(): Promise<void> {}
 }
 
 function shape(s: { format: string; subformat: string; virtualSize: number; fileSize: number }) {

@@ -80,6 +80,7 @@ export class VhdWriter implements ImageWriter {
   readonly subformat: 'fixed' | 'dynamic';
   readonly virtualSize: number;
   readonly unitSize = 64 * 1024;
+  readonly allocationUnit = BLOCK_SIZE;
   readonly encoding = UNCOMPRESSED;
   private readonly sink: Sink;
   private readonly out: WriteBatcher;
