@@ -12,8 +12,14 @@ import { FerryError } from '../errors.js';
 
 const SEEK_END = 2;
 
-/** The fallocate(2) binding (native/), when it was built. */
-const native = createRequire(import.meta.url)('ferry-native') as { fallocate(fd: number, offset: number, length: number, keepSize?: boolean): void } | undefined;
+/** The fallocate(2) binding (native/), when it was built; without it nothing is reserved. */
+const native = ((): { fallocate(fd: number, offset: number, length: number, keepSize?: boolean): void } | undefined => {
+  try {
+    return createRequire(import.meta.url)('ferry-native');
+  } catch {
+    return undefined;
+  }
+})();
 
 export interface Sink {
   /** The final path (for messages and names written into images, e.g. a VMDK extent name). */
