@@ -168,8 +168,8 @@ async function outputSize(path: string): Promise<{ fileBytes: number; allocatedB
   return { fileBytes: s.size, allocatedBytes: s.blocks * 512 };
 }
 
-async function runQemu(c: Case, peer: Peer, src: string, dst: string): Promise<QemuSample> {
-  await rm(dst, { force: true });
+async function runQemu(c: Case, peer: Peer, src: string, dst: string, clean: () => Promise<void>): Promise<QemuSample> {
+  await clean();
   await settle();
   const s = await withContention(async () => {
     const p = await timedExec('qemu-img', ['convert', '-f', c.sourceFormat, ...peer.args, src, dst]);
@@ -179,8 +179,8 @@ async function runQemu(c: Case, peer: Peer, src: string, dst: string): Promise<Q
   return { ...s, syncWall: sync.wall, ...(await outputSize(dst)) };
 }
 
-async function runFerry(c: Case, src: string, dst: string, extra: string[]): Promise<ConvertSample & { result: unknown }> {
-  await rm(dst, { force: true });
+async function runFerry(c: Case, src: string, dst: string, extra: string[], clean: () => Promise<void>): Promise<ConvertSample & { result: unknown }> {
+  await clean();
   await settle();
   let result: unknown;
   const s = await withContention(async () => {
@@ -233,8 +233,9 @@ async function main(): Promise<void> {
   const qemuVersion = await requireTools();
   if (!existsSync(join(ROOT, 'dist', 'src', 'cli', 'main.js'))) throw new Error('Ferry is not built: npx tsc -p tsconfig.json');
   const help = await mustExec(process.execPath, [FERRY, 'image', 'convert', '--help']);
-  const hasNoSync = help.stdout.includes('--no-sync');
-  console.log(hasNoSync ? 'ferry has --no-sync: also timing ferry without the final flush' : 'ferry has no --no-sync option: skipping the ferry-nosync column');
+  // The second Ferry variant: with --sync (flushed, as durable as qemu-img + sync) when Ferry has it.
+  const hasSyncFlag = help.stdout.includes('--sync');
+  console.log(hasSyncFlag ? 'ferry has --sync: also timing ferry flushing its output before the rename' : 'ferry has no --sync option: skipping the ferry --sync column');
 
   await warnIfBusy();
 
@@ -251,41 +252,50 @@ async function main(): Promise<void> {
       const ext = EXT[c.to];
       const qemuDst = c.peers.map((_, i) => join(SCRATCH, `${c.name}.qemu${i}.${ext}`));
       const ferryDst = join(SCRATCH, `${c.name}.ferry.${ext}`);
-      const nosyncDst = join(SCRATCH, `${c.name}.ferry-nosync.${ext}`);
+      const syncedDst = join(SCRATCH, `${c.name}.ferry-sync.${ext}`);
       await mustExec('cat', [src], { stdout: 'ignore' }); // warm the page cache for both sides
       const qemu: QemuSample[][] = c.peers.map(() => []);
       const ferry: (ConvertSample & { result: unknown })[] = [];
-      const nosync: ConvertSample[] = [];
+      const synced: ConvertSample[] = [];
+      // Every timed run starts from the same state: no output of this case on disk (a large,
+      // recently written file left in the page cache slows the next writer on this machine, so
+      // keeping the other tool's output around would favour whoever runs first). The last run of
+      // each tool is verified right after it, before the next run removes it.
+      const all = [...qemuDst, ferryDst, syncedDst];
+      const clean = async () => {
+        for (const p of all) await rm(p, { force: true });
+      };
+      const checks: Check[] = [];
       for (let i = 0; i < runs; i++) {
+        const last = i === runs - 1;
         const line: string[] = [];
         for (const [k, peer] of c.peers.entries()) {
-          const q = await runQemu(c, peer, src, qemuDst[k]!);
+          const q = await runQemu(c, peer, src, qemuDst[k]!, clean);
           qemu[k]!.push(q);
           line.push(`qemu-img${peer.label} ${q.wall.toFixed(2)} s (+sync ${q.syncWall.toFixed(2)} s)`);
+          if (last) checks.push(...(await verify(`qemu-img${peer.label}`, c, qemuDst[k]!, false)));
         }
-        const f = await runFerry(c, src, ferryDst, []);
+        const f = await runFerry(c, src, ferryDst, [], clean);
         ferry.push(f);
         line.push(`ferry ${f.wall.toFixed(2)} s`);
-        if (hasNoSync) {
-          const n = await runFerry(c, src, nosyncDst, ['--no-sync']);
-          nosync.push(n);
-          line.push(`ferry --no-sync ${n.wall.toFixed(2)} s`);
-          await rm(nosyncDst, { force: true });
+        if (last) checks.push(...(await verify('ferry', c, ferryDst, true)));
+        if (hasSyncFlag) {
+          const n = await runFerry(c, src, syncedDst, ['--sync'], clean);
+          synced.push(n);
+          line.push(`ferry --sync ${n.wall.toFixed(2)} s`);
         }
         console.log(`  ${c.name} run ${i + 1}/${runs}: ${line.join(', ')}`);
       }
 
-      // Verification (untimed) of the last outputs of both tools.
-      const checks = [...(await verify('ferry', c, ferryDst, true))];
-      for (const [k, peer] of c.peers.entries()) checks.push(...(await verify(`qemu-img${peer.label}`, c, qemuDst[k]!, false)));
+      // Verification (untimed) of the last outputs of both tools (done above, right after them).
       for (const ch of checks) {
         console.log(`  ${ch.ok ? 'verified' : 'VERIFY FAILED'}: ${ch.tool}: ${ch.command}: ${ch.output.split('\n').slice(0, 2).join(' | ')}`);
         if (!ch.ok) console.log(ch.output.replace(/^/gm, '    '));
       }
-      for (const p of [...qemuDst, ferryDst, nosyncDst]) await rm(p, { force: true });
+      for (const p of [...qemuDst, ferryDst, syncedDst]) await rm(p, { force: true });
 
       const f = summarize(ferry);
-      const n = hasNoSync ? summarize(nosync) : undefined;
+      const n = hasSyncFlag ? summarize(synced) : undefined;
       // Sparse raw outputs are all 4 GiB long: compare the space they take instead.
       const sizeOf = (s: Summary) => (c.to === 'raw' ? s.allocatedBytes : s.fileBytes);
       const rows = c.peers.map((peer, k) => {
@@ -299,7 +309,7 @@ async function main(): Promise<void> {
           qemu: { ...q, wallPlusSyncSeconds: qemuSyncWall, syncSeconds: median(qemu[k]!.map((x) => x.syncWall)) },
           ratio,
           ratioWithSync: f.wallSeconds / qemuSyncWall,
-          nosyncRatio: n ? n.wallSeconds / q.wallSeconds : undefined,
+          syncedRatio: n ? n.wallSeconds / qemuSyncWall : undefined,
           sizeRatio,
           target: peer.target,
           pass: { time: ratio <= peer.target, size: sizeRatio <= SIZE_TARGET, rss: f.maxRssMiB < RSS_TARGET_MIB },
@@ -313,12 +323,12 @@ async function main(): Promise<void> {
         ferryArgs: c.ferryArgs,
         sizeMeasure: c.to === 'raw' ? 'allocatedBytes' : 'fileBytes',
         ferry: f,
-        ferryNoSync: n,
+        ferrySync: n,
         rows,
         checks,
         verified: checks.every((ch) => ch.ok),
         ferryRuns: ferry,
-        ferryNoSyncRuns: hasNoSync ? nosync : undefined,
+        ferrySyncRuns: hasSyncFlag ? synced : undefined,
       });
     }
   } finally {
@@ -326,7 +336,7 @@ async function main(): Promise<void> {
   }
 
   const header = ['case', 'qemu s', 'qemu+sync s', 'ferry s', 'ferry/qemu', 'target', 'ferry/(qemu+sync)'];
-  if (hasNoSync) header.push('nosync s', 'nosync/qemu');
+  if (hasSyncFlag) header.push('ferry --sync s', 'sync/(qemu+sync)');
   header.push('ferry cpu/wall', 'ferry RSS MiB', 'qemu RSS MiB', 'qemu MB', 'ferry MB', 'size f/q', 'other load', 'time', 'size', 'RSS', 'verified');
   const rows: string[][] = [];
   for (const r of results) {
@@ -340,7 +350,7 @@ async function main(): Promise<void> {
         `≤ ${row.target.toFixed(2)}`,
         row.ratioWithSync.toFixed(2),
       ];
-      if (hasNoSync) cells.push(r.ferryNoSync!.wallSeconds.toFixed(2), row.nosyncRatio!.toFixed(2));
+      if (hasSyncFlag) cells.push(r.ferrySync!.wallSeconds.toFixed(2), row.syncedRatio!.toFixed(2));
       const size = (s: Summary) => ((r.to === 'raw' ? s.allocatedBytes : s.fileBytes) / 1e6).toFixed(0);
       cells.push(
         r.ferry.cpuPerWall.toFixed(2),
@@ -349,7 +359,7 @@ async function main(): Promise<void> {
         size(row.qemu),
         size(r.ferry),
         row.sizeRatio.toFixed(3),
-        Math.max(row.qemu.otherCores, r.ferry.otherCores, r.ferryNoSync?.otherCores ?? 0).toFixed(2),
+        Math.max(row.qemu.otherCores, r.ferry.otherCores, r.ferrySync?.otherCores ?? 0).toFixed(2),
         pass(row.pass.time),
         pass(row.pass.size),
         pass(row.pass.rss),
@@ -361,11 +371,11 @@ async function main(): Promise<void> {
   console.log(`\nconvert the 4 GiB reference disk; median of ${runs} runs; ${cpus().length} cores; ${qemuVersion}; node ${process.version}`);
   console.log(table(header, rows));
   console.log(
-    '(ferry/qemu: lower is better, the headline, against the target; ferry/(qemu+sync): against qemu-img plus the `sync` that makes its output durable,\n' +
-      ` as Ferry's is; sizes in MB (10^6) of file size, allocated size for raw outputs; size target ferry ≤ ${SIZE_TARGET.toFixed(2)} × qemu; RSS target < ${RSS_TARGET_MIB} MiB;\n` +
+    '(ferry/qemu: lower is better, the headline, against the target (neither tool flushes its output by default);\n' +
+      ` sync/(qemu+sync): both outputs durable — ferry --sync against qemu-img followed by \`sync\`; sizes in MB (10^6) of file size, allocated size for raw outputs; size target ferry ≤ ${SIZE_TARGET.toFixed(2)} × qemu; RSS target < ${RSS_TARGET_MIB} MiB;\n` +
       ' cpu/wall ≈ cores kept busy; other load: most cores other processes used during a timed run; verified: qemu-img compare (+ check) of both outputs)',
   );
-  const busy = Math.max(0, ...results.flatMap((r) => r.rows.map((row) => Math.max(row.qemu.otherCores, r.ferry.otherCores, r.ferryNoSync?.otherCores ?? 0))));
+  const busy = Math.max(0, ...results.flatMap((r) => r.rows.map((row) => Math.max(row.qemu.otherCores, r.ferry.otherCores, r.ferrySync?.otherCores ?? 0))));
   if (busy > 0.15) {
     console.log(
       `WARNING: other processes kept up to ${busy.toFixed(2)} of ${cpus().length} cores busy during the timed runs; ` +
@@ -382,7 +392,7 @@ async function main(): Promise<void> {
     cores: cpus().length,
     node: process.version,
     qemu: qemuVersion,
-    ferryHasNoSync: hasNoSync,
+    ferryHasSync: hasSyncFlag,
     buildSeconds: build.seconds,
     built: build.built,
     referenceSha256: build.rawSha256,

@@ -50,8 +50,10 @@ export interface SinkOptions {
   /** Replace an existing regular file at the path (default: refuse). */
   overwrite?: boolean;
   /**
-   * Flush the data to stable storage before renaming the file into place (default true): after a
-   * crash, a file under the final name is then complete. false skips the flushes, as qemu-img does.
+   * Flush the data to stable storage before the file gets its final name, so that even after a
+   * power loss a file under the final name is complete. Default: false for files (as qemu-img, cp
+   * and dd do: the rename alone already protects against a failed or killed run), true for block
+   * devices (a disk written in place must be on the disk when Ferry says it is done).
    */
   sync?: boolean;
 }
@@ -330,7 +332,7 @@ export async function openSink(path: string, opts: SinkOptions = {}): Promise<Si
   } catch (err) {
     throw targetError(err, path, 'creating the output file');
   }
-  return new FileSink(handle, path, tempPath, opts.sync ?? true);
+  return new FileSink(handle, path, tempPath, opts.sync ?? false);
 }
 
 /** Free bytes for an unprivileged writer on the file system holding `path`'s directory. */

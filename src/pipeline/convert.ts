@@ -3,7 +3,7 @@
 //   compressed sources decoded on the pool) → zero detection per unit → compression of the units
 //   on the same worker pool (all cores, bounded queue) → the writer, in virtual order.
 // The output is written under a temporary name and renamed into place only when complete (see
-// io/sink.ts); any failure or interruption removes it. Memory is bounded by the readahead and
+// io/sink.ts); any failure or interruption removes it; with `sync` it is on the disk before that. Memory is bounded by the readahead and
 // encode windows, not by the disk size.
 //
 // Example:
@@ -34,7 +34,10 @@ export interface ConvertProgress {
 export interface ConvertOptions {
   /** Replace an existing output file. */
   overwrite?: boolean;
-  /** Flush the output to stable storage before it gets its final name (default true). */
+  /**
+   * Flush the output to stable storage before it gets its final name (default: files no, as
+   * qemu-img; block devices yes). See SinkOptions.sync.
+   */
   sync?: boolean;
   /** Worker threads for compression and decompression (default: all cores). */
   workers?: number;
@@ -94,7 +97,7 @@ export async function convertImage(image: DiskImage, dst: string, spec: WriteSpe
   const started = process.hrtime.bigint();
   if (opts.signal?.aborted) throw interrupted();
   await refuseSameFile(image, dst);
-  const sink = await openSink(dst, { overwrite: opts.overwrite ?? false, sync: opts.sync ?? true });
+  const sink = await openSink(dst, { overwrite: opts.overwrite ?? false, ...(opts.sync !== undefined ? { sync: opts.sync } : {}) });
   let pool: WorkerPool | undefined;
   try {
     const writer = createWriter({ sink, spec, sourceSize: image.virtualSize });

@@ -133,7 +133,8 @@ export function registerImageWriteCommands(image: Command, state: RunState): voi
   )
     .option('--target-is-zero', 'raw onto a block device that already reads as zeros: do not write zero ranges')
     .option('--overwrite', 'replace an existing output file')
-    .option('--no-sync', 'do not flush the output to disk before renaming it into place (faster; as qemu-img)')
+    .option('--sync', 'flush the output to disk before it gets its final name (durable even after a power loss; slower)')
+    .option('--no-sync', 'do not flush, even onto a block device')
     .addOption(formatOption())
     .option('--allow-backing', 'follow backing files / parents in the image directory')
     .option('--workers <n>', 'worker threads for compression (default: all cores)')
@@ -144,7 +145,7 @@ export function registerImageWriteCommands(image: Command, state: RunState): voi
       try {
         const bar = startProgress('convert', img.virtualSize, !!flags.json);
         const r = await interruptible((signal) =>
-          convertImage(img, dst, spec, { overwrite: !!flags.overwrite, sync: flags.sync !== false, signal, onProgress: (p) => bar.update(p.position), ...(workers !== undefined ? { workers } : {}) }).finally(() => bar.stop()),
+          convertImage(img, dst, spec, { overwrite: !!flags.overwrite, ...(flags.sync !== undefined ? { sync: flags.sync } : {}), signal, onProgress: (p) => bar.update(p.position), ...(workers !== undefined ? { workers } : {}) }).finally(() => bar.stop()),
         );
         makeOutput(!!flags.json).result(r, () => {
           const o = r.output;
