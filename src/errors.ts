@@ -11,6 +11,8 @@ export const ExitCode = {
   UNREADABLE: 5, // the file cannot be opened or read (missing, permission, I/O error)
   REFUSED: 6, // refused by policy: a host-path reference (backing file, extent) not allowed
   TARGET: 7, // the output cannot be written: exists, no space, read-only, in use, too small
+  STORAGE: 8, // object storage refused or failed: credentials, bucket, object, endpoint
+  INTEGRITY: 9, // data does not match its recorded checksums, or an upload/object is incomplete
   USAGE: 64, // bad command line
   INTERRUPTED: 130, // stopped by SIGINT/SIGTERM (128 + 2)
   INTERNAL: 70, // a bug in Ferry
@@ -41,6 +43,16 @@ export const ErrorCodes = {
   TARGET_IN_USE: ExitCode.TARGET,
   TARGET_TOO_SMALL: ExitCode.TARGET,
   INTERRUPTED: ExitCode.INTERRUPTED,
+  AUTH_FAILED: ExitCode.STORAGE,
+  ACCESS_DENIED: ExitCode.STORAGE,
+  BUCKET_NOT_FOUND: ExitCode.STORAGE,
+  OBJECT_NOT_FOUND: ExitCode.STORAGE,
+  STORAGE_UNREACHABLE: ExitCode.STORAGE,
+  STORAGE_THROTTLED: ExitCode.STORAGE,
+  STORAGE_ERROR: ExitCode.STORAGE,
+  STORAGE_CONFIG: ExitCode.USAGE,
+  UPLOAD_INCOMPLETE: ExitCode.INTEGRITY,
+  CHECKSUM_MISMATCH: ExitCode.INTEGRITY,
 } as const;
 export type ErrorCode = keyof typeof ErrorCodes;
 

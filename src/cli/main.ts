@@ -2,19 +2,12 @@
 // turns every failure into one reported FerryError with a stable code and exit code (never a stack
 // trace), and returns the process exit code to bin/ferry.js.
 import { Command, CommanderError } from 'commander';
-import { readFileSync } from 'node:fs';
+import { toolVersion } from '../version.js';
 import { FerryError, ExitCode } from '../errors.js';
 import { registerImageCommands } from './commands/image.js';
+import { registerTransferCommands } from './commands/transfer.js';
 import { asFerryError, printError } from './output.js';
 
-function version(): string {
-  try {
-    const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version?: string };
-    return pkg.version ?? '0.0.0';
-  } catch {
-    return '0.0.0';
-  }
-}
 
 /** Set by a command's action: its exit code (0 unless the command says otherwise, e.g. check). */
 export interface RunState {
@@ -24,7 +17,7 @@ export interface RunState {
 export function buildProgram(state: RunState): Command {
   const program = new Command('ferry')
     .description('Move virtual disks and servers: inspect, check, convert, upload and migrate disk images (qcow2, VHD, VMDK, raw).')
-    .version(version(), '-V, --version')
+    .version(toolVersion(), '-V, --version')
     .showSuggestionAfterError(true)
     .exitOverride()
     .configureOutput({
@@ -32,6 +25,7 @@ export function buildProgram(state: RunState): Command {
       outputError: () => {},
     });
   registerImageCommands(program, state);
+  registerTransferCommands(program, state);
   return program;
 }
 

@@ -195,3 +195,40 @@ export async function openImage(path: string, options: OpenOptions = {}): Promis
   };
   return openWithState(path, options.format, 0, state);
 }
+
+/**
+ * Opens an image from a byte source that is not a local file (an object in a store). It has no
+ * directory, so references to other files (backing files, VMDK extent files) are refused.
+ */
+export async function openImageSource(src: ByteSource, options: Pick<OpenOptions, 'format'> = {}): Promise<DiskImage> {
+  const state: ChainState = { options: { allowBacking: false, maxChainDepth: 0 }, seen: new Set() };
+  const input = await readProbeInput(src);
+  let driver: ImageDriver;
+  if (options.format) {
+    driver = options.format === 'raw' ? rawDriver : (DRIVERS.find((d) => d.format === options.format) ?? rawDriver);
+    if (options.format !== 'raw' && driver.probe(input) === 0) {
+      throw new FerryError('IMAGE_FORMAT_MISMATCH', `${src.name}: --format ${options.format} was given, but the object is not ${options.format}`, {
+        remedy: 'Drop --format to let Ferry detect the format from the content.',
+        details: { requestedFormat: options.format },
+      });
+    }
+  } else {
+    const detection = detect(input, src.name);
+    if (detection.ova) return openOvaDisk(src, src.name, (inner) => openImageSource(inner));
+    driver = detection.driver;
+  }
+  const refuse = (reference: string, what: string): never => {
+    throw new FerryError('IMAGE_PATH_REFUSED', `${src.name}: the image refers to ${what} '${reference}', which an object in storage cannot have`, {
+      remedy: 'Upload a self-contained image: flatten it first (`ferry image convert IMAGE FLAT.qcow2`, or `ferry upload IMAGE DEST --to qcow2`), which folds backing files and extents in.',
+      details: { reference },
+    });
+  };
+  const ctx: OpenContext = {
+    path: src.name,
+    options: state.options,
+    depth: 0,
+    openReferencedFile: async (reference, what) => refuse(reference, what),
+    openBacking: async (reference, _format, what) => refuse(reference, what),
+  };
+  return driver.open(src, ctx);
+}

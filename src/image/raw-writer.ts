@@ -13,6 +13,7 @@ export class RawWriter implements ImageWriter {
   readonly format = 'raw' as const;
   readonly subformat = 'raw';
   readonly unitSize = RAW_UNIT;
+  readonly headBytes = 0;
   readonly encoding = UNCOMPRESSED;
   readonly virtualSize: number;
   private readonly sink: Sink;

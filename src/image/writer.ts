@@ -57,6 +57,11 @@ export interface ImageWriter {
   readonly allocationUnit?: number;
   readonly encoding: UnitEncoding;
   /**
+   * Bytes at the start of the output the writer may rewrite at any time (header, tables); past
+   * them it writes in increasing order only (what lets an upload stream the output).
+   */
+  readonly headBytes: number;
+  /**
    * Writes runs in increasing offset order (each call's runs follow the previous call's). When the
    * promise resolves the runs' buffers are no longer referenced (the caller reuses them).
    */

@@ -1,7 +1,8 @@
 // Worker-thread entry of the worker pool: runs decode jobs (assemble a chunk from compressed units,
-// see decode-job.ts) and encode jobs (zero-detect and compress a chunk into units, see
-// encode-job.ts). Buffers come as references (buffer-pool.ts): ranges of a shared arena are read
+// see decode-job.ts), encode jobs (zero-detect and compress a chunk into units, see
+// encode-job.ts) and digest jobs (MD5/SHA-256 of an upload part). Buffers come as references (buffer-pool.ts): ranges of a shared arena are read
 // and written in place; owned buffers were transferred here and are transferred back.
+import { createHash } from 'node:crypto';
 import { parentPort, type TransferListItem } from 'node:worker_threads';
 import { fromRef, refTo, type BufRef } from './buffer-pool.js';
 import { describeFailure, runDecodeJob, type DecodeOp } from './decode-job.js';
@@ -44,13 +45,26 @@ export interface EncodeResult {
   out: BufRef;
 }
 
+interface DigestMessage {
+  type: 'digest';
+  id: number;
+  input: BufRef;
+  algorithms: string[];
+}
+
+/** Result of a digest job: the input handed back and one digest per algorithm. */
+export interface DigestResult {
+  input: BufRef;
+  digests: Uint8Array[];
+}
+
 /** Hands a reference back: shared ranges as they are, owned buffers transferred again. */
 function back(ref: BufRef, transfer: TransferListItem[]): BufRef {
   if ('owned' in ref && !transfer.includes(ref.owned)) transfer.push(ref.owned);
   return ref;
 }
 
-port.on('message', (job: DecodeMessage | EncodeMessage | { stop: true }) => {
+port.on('message', (job: DecodeMessage | EncodeMessage | DigestMessage | { stop: true }) => {
   if ('stop' in job) {
     // Graceful stop requested by WorkerPool.close(): closing the port ends the thread.
     port.close();
@@ -58,8 +72,11 @@ port.on('message', (job: DecodeMessage | EncodeMessage | { stop: true }) => {
   }
   try {
     const transfer: TransferListItem[] = [];
-    let result: DecodeResult | EncodeResult;
-    if (job.type === 'decode') {
+    let result: DecodeResult | EncodeResult | DigestResult;
+    if (job.type === 'digest') {
+      const data = fromRef(job.input);
+      result = { input: back(job.input, transfer), digests: job.algorithms.map((a) => createHash(a).update(data).digest()) };
+    } else if (job.type === 'decode') {
       runDecodeJob(job.inputs.map(fromRef), job.out.length, job.ops, job.names, fromRef(job.out));
       result = { out: back(job.out, transfer), inputs: job.inputs.map((r) => back(r, transfer)) };
     } else {

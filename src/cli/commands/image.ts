@@ -3,47 +3,76 @@
 import type { Command } from 'commander';
 import { ExitCode } from '../../errors.js';
 import { checkImage, checksumImage, describeImage, mapImage, type CheckDocument, type InfoDocument, type MapDocument } from '../../image/inspect.js';
-import { openImage } from '../../image/open.js';
+import { openImage, openImageSource } from '../../image/open.js';
 import type { DiskImage, ImageFormat } from '../../image/types.js';
 import { hex, humanBytes, sizeWithBytes, table } from '../format.js';
 import { makeOutput } from '../output.js';
 import { startProgress } from '../progress.js';
 import type { RunState } from '../main.js';
 import { formatOption } from './shared.js';
+import { addStoreOptions, storeOptions, type StoreFlags } from './transfer.js';
+import { isObjectUrl, parseLocation } from '../../storage/location.js';
+import { openStore } from '../../storage/open-store.js';
+import { ObjectSource } from '../../storage/object-source.js';
 import { registerImageWriteCommands } from './image-write.js';
 
-interface OpenFlags {
+interface OpenFlags extends StoreFlags {
   json?: boolean;
   format?: ImageFormat;
   allowBacking?: boolean;
 }
 
-async function withImage<T>(path: string, flags: OpenFlags, fn: (image: DiskImage) => Promise<T>): Promise<T> {
+/** Opens a local image, or an object (s3://, cos://, file://) through range requests. */
+async function withImage<T extends object>(path: string, flags: OpenFlags, fn: (image: DiskImage) => Promise<T>): Promise<T & { transfer?: { requests: number; bytesFetched: number } }> {
+  if (isObjectUrl(path)) {
+    const loc = parseLocation(path);
+    const store = openStore(loc, storeOptions(flags));
+    const src = await ObjectSource.open(store, loc.key, true);
+    let image: DiskImage;
+    try {
+      image = await openImageSource(src, flags.format ? { format: flags.format } : {});
+    } catch (err) {
+      await src.close();
+      throw err;
+    }
+    try {
+      const doc = await fn(image);
+      return { ...doc, transfer: { requests: src.stats.requests, bytesFetched: src.stats.bytesFetched } };
+    } finally {
+      await image.close();
+    }
+  }
   const image = await openImage(path, { ...(flags.format ? { format: flags.format } : {}), allowBacking: flags.allowBacking ?? false });
   try {
-    return await fn(image);
+    const doc: T = await fn(image);
+    return doc;
   } finally {
     await image.close();
   }
+}
+
+/** The text line telling what reading an object cost. */
+function fetchedNote(doc: { transfer?: { requests: number; bytesFetched: number } }): string {
+  return doc.transfer ? `\nread from storage: ${humanBytes(doc.transfer.bytesFetched)} in ${doc.transfer.requests} range request(s)` : '';
 }
 
 export function registerImageCommands(program: Command, state: RunState): void {
   const image = program.command('image').description('inspect, check, convert, compare and create disk images');
   registerImageWriteCommands(image, state);
 
-  image
+  addStoreOptions(image
     .command('info')
     .description('show format, sizes, compression, backing file, snapshots and partitions of an image')
     .argument('<image>', 'image file (qcow2, vpc/VHD, vmdk, raw, or an OVA)')
     .option('--json', 'print one JSON document')
     .addOption(formatOption())
     .option('--allow-backing', 'follow backing files / parents in the image directory')
-    .action(async (path: string, flags: OpenFlags) => {
+    ).action(async (path: string, flags: OpenFlags) => {
       const doc = await withImage(path, flags, describeImage);
-      makeOutput(!!flags.json).result(doc, () => renderInfo(doc));
+      makeOutput(!!flags.json).result(doc, () => renderInfo(doc) + fetchedNote(doc));
     });
 
-  image
+  addStoreOptions(image
     .command('check')
     .description('check the structure of an image (exit 0 healthy, 2 corrupt, 3 leaked clusters only)')
     .argument('<image>', 'image file')
@@ -51,7 +80,7 @@ export function registerImageCommands(program: Command, state: RunState): void {
     .option('--json', 'print one JSON document')
     .addOption(formatOption())
     .option('--allow-backing', 'follow backing files / parents in the image directory')
-    .action(async (path: string, flags: OpenFlags & { deep?: boolean }) => {
+    ).action(async (path: string, flags: OpenFlags & { deep?: boolean }) => {
       const doc = await withImage(path, flags, async (img) => {
         const bar = flags.deep ? startProgress('deep check', img.virtualSize, !!flags.json) : undefined;
         try {
@@ -60,30 +89,30 @@ export function registerImageCommands(program: Command, state: RunState): void {
           bar?.stop();
         }
       });
-      makeOutput(!!flags.json).result(doc, () => renderCheck(doc));
+      makeOutput(!!flags.json).result(doc, () => renderCheck(doc) + fetchedNote(doc));
       state.exitCode = doc.verdict === 'clean' ? ExitCode.OK : doc.verdict === 'leaks' ? ExitCode.LEAKS : ExitCode.CORRUPT;
     });
 
-  image
+  addStoreOptions(image
     .command('map')
     .description('list the data / zero / unallocated ranges of the virtual disk (like qemu-img map)')
     .argument('<image>', 'image file')
     .option('--json', 'print one JSON document')
     .addOption(formatOption())
     .option('--allow-backing', 'follow backing files / parents in the image directory')
-    .action(async (path: string, flags: OpenFlags) => {
+    ).action(async (path: string, flags: OpenFlags) => {
       const doc = await withImage(path, flags, mapImage);
-      makeOutput(!!flags.json).result(doc, () => renderMap(doc));
+      makeOutput(!!flags.json).result(doc, () => renderMap(doc) + fetchedNote(doc));
     });
 
-  image
+  addStoreOptions(image
     .command('checksum')
     .description('SHA-256 of the virtual disk content (the same for the same disk in any format)')
     .argument('<image>', 'image file')
     .option('--json', 'print one JSON document')
     .addOption(formatOption())
     .option('--allow-backing', 'follow backing files / parents in the image directory')
-    .action(async (path: string, flags: OpenFlags) => {
+    ).action(async (path: string, flags: OpenFlags) => {
       const doc = await withImage(path, flags, async (img) => {
         const bar = startProgress('checksum', img.virtualSize, !!flags.json);
         try {

@@ -30,6 +30,7 @@ export class Qcow2Writer implements ImageWriter {
   readonly virtualSize: number;
   readonly unitSize: number;
   readonly encoding: UnitEncoding;
+  readonly headBytes: number;
   private readonly sink: Sink;
   private readonly version: 2 | 3;
   private readonly clusterBits: number;
@@ -86,6 +87,7 @@ export class Qcow2Writer implements ImageWriter {
     this.offsetBits = BigInt(62 - (this.clusterBits - 8));
     // Header cluster and L1 clusters.
     this.end = this.cs + roundUp(this.l1.length, this.cs);
+    this.headBytes = this.end;
     for (let c = 0; c < this.end / this.cs; c++) this.ref(c);
   }
 

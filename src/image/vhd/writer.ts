@@ -82,6 +82,7 @@ export class VhdWriter implements ImageWriter {
   readonly unitSize = 64 * 1024;
   readonly allocationUnit = BLOCK_SIZE;
   readonly encoding = UNCOMPRESSED;
+  readonly headBytes: number = 0;
   private readonly sink: Sink;
   private readonly out: WriteBatcher;
   private readonly footer: Buffer;
@@ -110,6 +111,7 @@ export class VhdWriter implements ImageWriter {
       this.bat = new Uint32Array(entries).fill(UNALLOCATED);
       this.batBytes = roundUp(entries * 4, SECTOR);
       this.end = BAT_OFFSET + this.batBytes;
+      this.headBytes = this.end;
     } else {
       this.bat = undefined;
       this.batBytes = 0;

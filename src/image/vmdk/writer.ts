@@ -115,6 +115,7 @@ export class VmdkWriter implements ImageWriter {
   readonly virtualSize: number;
   readonly unitSize = GRAIN;
   readonly encoding: UnitEncoding;
+  readonly headBytes: number;
   private readonly sink: Sink;
   private readonly out: WriteBatcher;
   private readonly capacity: number;
@@ -162,6 +163,7 @@ export class VmdkWriter implements ImageWriter {
       this.overHead = roundUp(gts + gdEntries * GT_SECTORS, GRAIN_SECTORS);
     }
     this.end = this.overHead * SECTOR;
+    this.headBytes = this.end;
   }
 
   async write(runs: DataRun[]): Promise<void> {

@@ -1,0 +1,131 @@
+// Random access to an object in a store, as a ByteSource the image drivers read through: range
+// requests in 256 KiB blocks kept in a bounded cache, so `ferry image info s3://…` fetches only the
+// blocks its metadata lives in. Sequential reading is detected and turned into readahead: whole
+// runs of blocks fetched with one request each, several requests in flight, the window doubling
+// up to 32 MiB. Retries with backoff come from the store (the SDK's standard retry mode).
+import { FerryError } from '../errors.js';
+import type { ByteSource } from '../io/byte-source.js';
+import type { ObjectStore } from './store.js';
+
+const BLOCK = 256 * 1024;
+const RUN_BLOCKS = 32; // one request fetches at most 8 MiB
+const MAX_WINDOW_BLOCKS = 128; // readahead up to 32 MiB
+const CACHE_BLOCKS = 384; // 96 MiB
+
+export interface ObjectSourceStats {
+  requests: number;
+  bytesFetched: number;
+}
+
+export class ObjectSource implements ByteSource {
+  readonly name: string;
+  private readonly cache = new Map<number, Promise<Buffer>>();
+  private lastBlock = -2;
+  private window = 0;
+  readonly stats: ObjectSourceStats = { requests: 0, bytesFetched: 0 };
+
+  constructor(
+    private readonly store: ObjectStore,
+    readonly key: string,
+    readonly size: number,
+    /** Close the store with the source (when the source owns it). */
+    private readonly ownsStore = false,
+  ) {
+    this.name = `${store.name}/${key}`;
+  }
+
+  static async open(store: ObjectStore, key: string, ownsStore = false): Promise<ObjectSource> {
+    const info = await store.head(key);
+    if (!info) {
+      throw new FerryError('OBJECT_NOT_FOUND', `${store.name}/${key}: no such object`, {
+        remedy: 'Check the key (keys are case-sensitive); if it was being uploaded, run the upload again.',
+      });
+    }
+    return new ObjectSource(store, key, info.size, ownsStore);
+  }
+
+  private blocks(): number {
+    return Math.ceil(this.size / BLOCK);
+  }
+
+  /** Fetches blocks [first, first+count) with one range request. */
+  private fetchRun(first: number, count: number): void {
+    const offset = first * BLOCK;
+    const length = Math.min(count * BLOCK, this.size - offset);
+    this.stats.requests++;
+    const run = this.store.getRange(this.key, offset, length).then((buf) => {
+      this.stats.bytesFetched += buf.length;
+      if (buf.length !== length) {
+        throw new FerryError('UPLOAD_INCOMPLETE', `${this.name}: the object ended at ${offset + buf.length} bytes, before its recorded size ${this.size}`, {
+          remedy: 'The object changed or is being replaced while it is read; read it again once the upload is complete.',
+        });
+      }
+      return buf;
+    });
+    run.catch(() => {});
+    for (let i = 0; i < count; i++) {
+      const b = first + i;
+      const p = run.then((buf) => buf.subarray(i * BLOCK, Math.min((i + 1) * BLOCK, buf.length)));
+      p.catch(() => this.cache.delete(b)); // a failed block is fetched again next time
+      this.cache.set(b, p);
+    }
+  }
+
+  /** Makes sure blocks [first, last] are cached or being fetched, in runs of missing blocks. */
+  private ensure(first: number, last: number): void {
+    let b = first;
+    while (b <= last) {
+      if (this.cache.has(b)) {
+        b++;
+        continue;
+      }
+      let n = 1;
+      while (b + n <= last && n < RUN_BLOCKS && !this.cache.has(b + n)) n++;
+      this.fetchRun(b, n);
+      b += n;
+    }
+  }
+
+  private evict(): void {
+    if (this.cache.size <= CACHE_BLOCKS) return;
+    // Map order is insertion order: drop the oldest blocks, keeping the readahead ahead of lastBlock.
+    for (const b of this.cache.keys()) {
+      if (this.cache.size <= CACHE_BLOCKS) break;
+      if (b > this.lastBlock) continue;
+      this.cache.delete(b);
+    }
+  }
+
+  async read(buf: Buffer, bufOffset: number, length: number, position: number): Promise<number> {
+    if (position >= this.size || length <= 0) return 0;
+    const end = Math.min(this.size, position + length);
+    const first = Math.floor(position / BLOCK);
+    const last = Math.floor((end - 1) / BLOCK);
+    // Sequential access grows the readahead window; a jump resets it.
+    if (first === this.lastBlock || first === this.lastBlock + 1) this.window = Math.min(MAX_WINDOW_BLOCKS, Math.max(RUN_BLOCKS / 4, this.window * 2));
+    else this.window = 0;
+    this.ensure(first, Math.min(this.blocks() - 1, last + this.window));
+    let done = 0;
+    for (let b = first; b <= last; b++) {
+      const block = await this.cache.get(b)!;
+      // Touch: move to the end of the LRU order.
+      const p = this.cache.get(b);
+      if (p) {
+        this.cache.delete(b);
+        this.cache.set(b, p);
+      }
+      const from = Math.max(position, b * BLOCK) - b * BLOCK;
+      const to = Math.min(end, (b + 1) * BLOCK) - b * BLOCK;
+      block.copy(buf, bufOffset + done, from, to);
+      done += to - from;
+    }
+    this.lastBlock = last;
+    this.evict();
+    return done;
+  }
+
+  async close(): Promise<void> {
+    this.cache.clear();
+    if (this.ownsStore) this.store.close();
+  }
+}

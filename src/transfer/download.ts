@@ -1,0 +1,185 @@
+// `ferry download`: an object to a local file with parallel range requests, written under a
+// temporary name and renamed into place when complete and verified (io/sink.ts). All-zero ranges
+// stay holes. With a Ferry manifest every range is one upload part, checked against the part's
+// MD5 as it arrives (the damaged part is named), and the image's virtual content is checked
+// against the manifest's digest at the end; without one, a single-part object's ETag (its MD5) is
+// checked.
+//
+// Example:
+//   await downloadObject('s3://images/disk.qcow2', 'disk.qcow2');
+import { createHash } from 'node:crypto';
+import { dirname } from 'node:path';
+import { FerryError } from '../errors.js';
+import { freeSpace, openSink } from '../io/sink.js';
+import { openImage } from '../image/open.js';
+import { streamVirtual } from '../pipeline/virtual-stream.js';
+import { parseLocation } from '../storage/location.js';
+import { openStore, type StoreOptions } from '../storage/open-store.js';
+import { ContentHasher } from './content-hash.js';
+import { readManifest, type Manifest } from './manifest.js';
+
+export interface DownloadOptions {
+  overwrite?: boolean;
+  /** Ranges in flight (default 8). */
+  concurrency?: number;
+  /** Check against the manifest (default true). */
+  verify?: boolean;
+  store?: StoreOptions;
+  onProgress?: (p: { done: number; total: number }) => void;
+  signal?: AbortSignal;
+}
+
+export interface DownloadResult {
+  source: string;
+  path: string;
+  size: number;
+  /** What was checked: 'manifest' (parts and content), 'etag' (single-part MD5) or 'none'. */
+  verified: 'manifest' | 'etag' | 'none';
+  content?: { digest: string };
+  seconds: number;
+}
+
+const PIECE = 16 * 1024 * 1024;
+
+function isZero(buf: Buffer): boolean {
+  const zero = Buffer.alloc(Math.min(buf.length, 65536));
+  for (let i = 0; i < buf.length; i += zero.length) {
+    const n = Math.min(zero.length, buf.length - i);
+    if (buf.compare(zero, 0, n, i, i + n) !== 0) return false;
+  }
+  return true;
+}
+
+/** The ranges to fetch: the manifest's parts (each checkable by MD5), else 16 MiB pieces. */
+function ranges(size: number, m: Manifest | undefined): { offset: number; length: number; md5?: string; part?: number }[] {
+  const out: { offset: number; length: number; md5?: string; part?: number }[] = [];
+  if (m && m.object.size === size && m.object.partMd5.length > 0) {
+    let offset = 0;
+    m.object.partMd5.forEach((md5, i) => {
+      const len = Math.min(i === 0 ? m.object.firstPartSize : m.object.partSize, size - offset);
+      out.push({ offset, length: len, md5, part: i + 1 });
+      offset += len;
+    });
+    if (offset === size) return out;
+    out.length = 0; // the manifest does not describe this object's layout
+  }
+  for (let offset = 0; offset < size; offset += PIECE) out.push({ offset, length: Math.min(PIECE, size - offset) });
+  return out;
+}
+
+export async function downloadObject(src: string, dest: string, opts: DownloadOptions = {}): Promise<DownloadResult> {
+  const started = process.hrtime.bigint();
+  const loc = parseLocation(src);
+  const concurrency = opts.concurrency ?? 8;
+  const store = openStore(loc, { maxSockets: concurrency + 2, ...opts.store });
+  try {
+    const info = await store.head(loc.key);
+    if (!info) {
+      throw new FerryError('OBJECT_NOT_FOUND', `${loc.url}: no such object`, { remedy: 'Check the key (keys are case-sensitive); if it was being uploaded, run the upload again.' });
+    }
+    const manifest = opts.verify === false ? undefined : await readManifest(store, loc.key);
+    if (manifest && manifest.object.size !== info.size) {
+      throw new FerryError('UPLOAD_INCOMPLETE', `${loc.url}: the object is ${info.size} bytes, but its manifest records ${manifest.object.size}`, {
+        remedy: 'The object was truncated or replaced after the upload: upload the image again.',
+        details: { size: info.size, expected: manifest.object.size },
+      });
+    }
+    const free = await freeSpace(dirname(dest));
+    if (free !== undefined && free < info.size) {
+      throw new FerryError('TARGET_NO_SPACE', `${dest}: the object is ${info.size} bytes, but only ${free} bytes are free there`, {
+        remedy: 'Free space on the target file system, or download elsewhere.',
+        details: { required: info.size, free },
+      });
+    }
+    const sink = await openSink(dest, { overwrite: opts.overwrite ?? false });
+    try {
+      const work = ranges(info.size, manifest);
+      let next = 0;
+      let done = 0;
+      const whole = !manifest && !info.etag.includes('-') && /^[0-9a-f]{32}$/.test(info.etag) ? createHash('md5') : undefined;
+      // With a whole-object MD5 to check, ranges must be hashed in order: fetch in parallel, hash in order.
+      const fetched = new Map<number, Buffer>();
+      let hashedUpTo = 0;
+      const worker = async () => {
+        while (next < work.length) {
+          if (opts.signal?.aborted) throw new FerryError('INTERRUPTED', 'the download was interrupted; the partial file was removed', { remedy: 'Run the command again.' });
+          const i = next++;
+          const r = work[i]!;
+          const buf = await store.getRange(loc.key, r.offset, r.length, opts.signal);
+          if (buf.length !== r.length) {
+            throw new FerryError('UPLOAD_INCOMPLETE', `${loc.url}: the object ended early (at ${r.offset + buf.length} of ${info.size} bytes)`, { remedy: 'The object changed during the download; run it again.' });
+          }
+          if (r.md5 && createHash('md5').update(buf).digest('hex') !== r.md5) {
+            throw new FerryError('CHECKSUM_MISMATCH', `${loc.url}: part ${r.part} (bytes ${r.offset}..${r.offset + r.length}) does not match the MD5 the upload recorded`, {
+              remedy: 'The object was damaged or altered in storage: upload the image again from its source.',
+              details: { part: r.part, offset: r.offset, length: r.length },
+            });
+          }
+          if (!isZero(buf)) await sink.write(buf, r.offset);
+          if (whole) {
+            fetched.set(i, buf);
+            while (fetched.has(hashedUpTo)) {
+              whole.update(fetched.get(hashedUpTo)!);
+              fetched.delete(hashedUpTo++);
+            }
+          }
+          done += r.length;
+          opts.onProgress?.({ done, total: info.size });
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(concurrency, work.length) }, worker));
+      await sink.truncate(info.size);
+      let verified: DownloadResult['verified'] = 'none';
+      if (whole) {
+        const got = whole.digest('hex');
+        if (got !== info.etag) {
+          throw new FerryError('CHECKSUM_MISMATCH', `${loc.url}: the downloaded bytes have MD5 ${got}, but the object's ETag is ${info.etag}`, {
+            remedy: 'The transfer was damaged: download again.',
+          });
+        }
+        verified = 'etag';
+      }
+      await sink.commit();
+      let content: { digest: string } | undefined;
+      if (manifest) {
+        content = { digest: await verifyContent(dest, manifest, loc.url) };
+        verified = 'manifest';
+      }
+      return { source: loc.url, path: dest, size: info.size, verified, ...(content ? { content } : {}), seconds: Number(process.hrtime.bigint() - started) / 1e9 };
+    } catch (err) {
+      await sink.abort();
+      throw err;
+    }
+  } finally {
+    store.close();
+  }
+}
+
+/** Checks the virtual content of a local image against a manifest; returns the digest. */
+export async function verifyContent(path: string, manifest: Manifest, what: string): Promise<string> {
+  const image = await openImage(path, { format: manifest.image.format as 'raw' });
+  try {
+    const hasher = new ContentHasher(manifest.image.virtualSize);
+    if (image.virtualSize !== manifest.image.virtualSize) {
+      throw new FerryError('CHECKSUM_MISMATCH', `${what}: the image's virtual size is ${image.virtualSize}, its manifest records ${manifest.image.virtualSize}`, {
+        remedy: 'The object does not hold the uploaded disk: upload it again.',
+      });
+    }
+    for await (const c of streamVirtual(image)) {
+      if (c.data) hasher.data(c.offset, c.data.subarray(0, c.length));
+      else hasher.zeros(c.offset, c.length);
+      c.release?.();
+    }
+    const r = hasher.result();
+    if (r.digest !== manifest.content.digest) {
+      const bad = r.chunks.findIndex((h, i) => h !== manifest.content.chunks[i]);
+      throw new FerryError('CHECKSUM_MISMATCH', `${what}: the disk content differs from what was uploaded, first in chunk ${bad} (virtual bytes ${bad * r.chunkSize}..${(bad + 1) * r.chunkSize})`, {
+        remedy: 'The object was damaged in storage or in transit: upload the image again from its source.',
+        details: { chunk: bad, offset: bad * r.chunkSize },
+      });
+    }
+    return r.digest;
+  } finally {
+    await image.close();
+  }
+}

@@ -1,0 +1,395 @@
+// `ferry upload`: puts a disk image into object storage in one pass — read, (convert, compress on
+// all cores,) hash, and multipart-upload as the bytes are produced — then proves the result and
+// stores the manifest beside it.
+//
+//   as-is:     the image file's own bytes (any format), holes read as zeros;
+//   converted: --to FORMAT / --compress: the conversion engine's writer writes into an ObjectSink.
+//
+// Resume: the checkpoint (transfer/checkpoint.ts) names the upload; on the next run the output is
+// produced again (conversion is deterministic), and every part whose MD5 equals both the
+// checkpoint's record and the ETag the server lists (ListParts) is not sent again. An upload is
+// only ever adopted through the checkpoint, never found by key. A run killed after Complete finds
+// its object by the token in the metadata, checks it, and only writes the manifest.
+//
+// Example:
+//   const r = await uploadImage('disk.raw', 's3://images/disk.qcow2', { to: 'qcow2', compress: 'zstd' });
+import { randomBytes, createHash } from 'node:crypto';
+import { realpath, stat } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { FerryError, fromSystemError } from '../errors.js';
+import { FileSource } from '../io/byte-source.js';
+import { openImage } from '../image/open.js';
+import type { DiskImage, ImageFormat } from '../image/types.js';
+import type { CompressionCodec, WriteSpec } from '../image/writer.js';
+import { createWriter } from '../image/writers.js';
+import { chunkSizeFor, writeChunks } from '../pipeline/convert.js';
+import { streamVirtual, type VirtualChunk } from '../pipeline/virtual-stream.js';
+import { WorkerPool } from '../pipeline/worker-pool.js';
+import { FileStore } from '../storage/file-store.js';
+import { parseLocation } from '../storage/location.js';
+import { openStore, type StoreOptions } from '../storage/open-store.js';
+import { multipartEtag, type ObjectStore } from '../storage/store.js';
+import { loadCheckpoint, recordPart, removeCheckpoint, sameSettings, saveCheckpoint, type SourceIdentity, type UploadCheckpoint } from './checkpoint.js';
+import { ContentHasher, type ContentDigest } from './content-hash.js';
+import { META, writeManifest, type Manifest } from './manifest.js';
+import { ObjectSink } from './object-sink.js';
+import { RateLimiter } from './rate-limit.js';
+import { toolVersion } from '../version.js';
+
+export const MIN_PART = 5 * 1024 * 1024;
+export const MAX_PART = 5 * 1024 * 1024 * 1024;
+export const MAX_PARTS = 10_000;
+const DEFAULT_PART = 16 * 1024 * 1024;
+
+export interface UploadOptions {
+  /** Convert to this format while uploading (default: upload the file as it is). */
+  to?: ImageFormat;
+  subformat?: string;
+  /** Compress (qcow2; implies --to qcow2 when no format is given). */
+  compress?: CompressionCodec;
+  clusterSize?: number;
+  exactSize?: boolean;
+  alignSize?: number;
+  /** Source format (default: detected). */
+  format?: ImageFormat;
+  allowBacking?: boolean;
+  partSize?: number;
+  /** Parts in flight (default 8). */
+  concurrency?: number;
+  /** Bytes per second (default: unlimited). */
+  bandwidth?: number;
+  /** Worker threads for compression and hashing (default: all cores). */
+  workers?: number;
+  store?: StoreOptions;
+  onProgress?: (p: UploadProgress) => void;
+  signal?: AbortSignal;
+}
+
+export interface UploadProgress {
+  /** Source bytes processed (virtual bytes when converting, file bytes as-is). */
+  position: number;
+  total: number;
+  /** Bytes sent to the store and acknowledged. */
+  sent: number;
+}
+
+export interface UploadResult {
+  dest: string;
+  source: { image: string; format: string; virtualSize: number };
+  object: { size: number; etag: string; parts: number; partSize: number; format: string; subformat?: string };
+  content: { algorithm: string; digest: string; chunks: number };
+  /** Bytes sent in this run (parts the server already held are not counted). */
+  bytesSent: number;
+  partsSent: number;
+  /** Parts the server already held from an interrupted run. */
+  partsResumed: number;
+  resumed: boolean;
+  manifest: string;
+  seconds: number;
+}
+
+function interrupted(): FerryError {
+  return new FerryError('INTERRUPTED', 'the upload was interrupted; what was sent stays on the server', {
+    remedy: 'Run the same command again: it resumes and sends only the missing parts (`ferry upload --abort DEST` discards it).',
+  });
+}
+
+/** Part size for an object of at most `maxBytes`: 16 MiB, or more so that 10,000 parts hold it. */
+export function choosePartSize(maxBytes: number): number {
+  const mib = 1024 * 1024;
+  return Math.max(DEFAULT_PART, Math.ceil(maxBytes / (MAX_PARTS - 10) / mib) * mib);
+}
+
+async function identity(path: string): Promise<SourceIdentity> {
+  try {
+    const st = await stat(path);
+    return { path: await realpath(path), size: st.size, mtimeMs: st.mtimeMs, ino: st.ino };
+  } catch (err) {
+    throw fromSystemError(err, path);
+  }
+}
+
+/** Hashes the virtual content of the chunks on their way to the writer. */
+async function* hashing(chunks: AsyncGenerator<VirtualChunk>, hasher: ContentHasher): AsyncGenerator<VirtualChunk> {
+  for await (const c of chunks) {
+    if (c.data) hasher.data(c.offset, c.data.length === c.length ? c.data : c.data.subarray(0, c.length));
+    else hasher.zeros(c.offset, c.length);
+    yield c;
+  }
+}
+
+/** The content digest of an image (a separate pass: as-is uploads of non-raw images). */
+async function digestImage(image: DiskImage, pool: WorkerPool | undefined, workers: number, signal?: AbortSignal): Promise<ContentDigest> {
+  const hasher = new ContentHasher(image.virtualSize);
+  const stream = streamVirtual(image, { workers, ...(pool ? { pool } : {}) });
+  for await (const c of stream) {
+    if (signal?.aborted) {
+      await stream.return(undefined);
+      throw interrupted();
+    }
+    if (c.data) hasher.data(c.offset, c.data.subarray(0, c.length));
+    else hasher.zeros(c.offset, c.length);
+    c.release?.();
+  }
+  return hasher.result();
+}
+
+interface Plan {
+  asIs: boolean;
+  spec: WriteSpec | undefined;
+  settings: Record<string, unknown>;
+  partSize: number;
+}
+
+function plan(image: DiskImage, fileSize: number, opts: UploadOptions): Plan {
+  const asIs = opts.to === undefined && opts.compress === undefined && opts.subformat === undefined && opts.clusterSize === undefined;
+  const spec: WriteSpec | undefined = asIs
+    ? undefined
+    : {
+        format: opts.to ?? 'qcow2',
+        ...(opts.subformat ? { subformat: opts.subformat } : {}),
+        ...(opts.compress ? { compress: opts.compress } : {}),
+        ...(opts.clusterSize ? { clusterSize: opts.clusterSize } : {}),
+        ...(opts.exactSize ? { exactSize: true } : {}),
+        ...(opts.alignSize ? { alignSize: opts.alignSize } : {}),
+      };
+  // Most an output can be: the file itself, or the virtual size plus metadata.
+  const maxBytes = asIs ? fileSize : Math.ceil(image.virtualSize * 1.01) + 64 * 1024 * 1024;
+  const partSize = opts.partSize ?? choosePartSize(maxBytes);
+  if (partSize < MIN_PART || partSize > MAX_PART) {
+    throw new FerryError('USAGE', `part size ${partSize} is outside S3's limits (5 MiB – 5 GiB)`, { remedy: 'Give --part-size between 5M and 5G, or leave it out.' });
+  }
+  if (Math.ceil(maxBytes / partSize) > MAX_PARTS) {
+    throw new FerryError('USAGE', `with ${partSize}-byte parts this upload could need more than ${MAX_PARTS} parts`, {
+      remedy: `Give a larger --part-size (at least ${choosePartSize(maxBytes)} bytes), or leave it out to have it chosen.`,
+    });
+  }
+  const settings = { tool: toolVersion(), asIs, spec: spec ?? null, partSize };
+  return { asIs, spec, settings, partSize };
+}
+
+export async function uploadImage(src: string, dest: string, opts: UploadOptions = {}): Promise<UploadResult> {
+  const started = process.hrtime.bigint();
+  const loc = parseLocation(dest);
+  const store = openStore(loc, { maxSockets: (opts.concurrency ?? 8) + 4, ...opts.store });
+  try {
+    if (store instanceof FileStore) await store.ensure();
+    await store.probe(); // credentials and bucket, before any work
+    const image = await openImage(src, { ...(opts.format ? { format: opts.format } : {}), ...(opts.allowBacking ? { allowBacking: true } : {}) });
+    try {
+      const source = await identity(src);
+      try {
+        return await runUpload(image, source, store, loc.key, loc.url, opts, started);
+      } catch (err) {
+        if (err instanceof RestartUpload) return await runUpload(image, source, store, loc.key, loc.url, opts, started);
+        throw err;
+      }
+    } finally {
+      await image.close();
+    }
+  } finally {
+    store.close();
+  }
+}
+
+/** Thrown when a completed object turned out not to match: start a fresh upload. */
+class RestartUpload extends Error {}
+
+async function runUpload(image: DiskImage, source: SourceIdentity, store: ObjectStore, key: string, url: string, opts: UploadOptions, started: bigint): Promise<UploadResult> {
+  const p = plan(image, source.size, opts);
+  const workers = opts.workers ?? availableParallelism();
+  const concurrency = opts.concurrency ?? 8;
+
+  // Resume what the checkpoint names, if it is the same source with the same settings.
+  let held = new Map<number, string>();
+  let verifyOnly = false;
+  let checkpoint: UploadCheckpoint | undefined;
+  const saved = loadCheckpoint(url);
+  if (saved) {
+    const c = saved.checkpoint;
+    const same = c.source.path === source.path && c.source.size === source.size && c.source.mtimeMs === source.mtimeMs && c.source.ino === source.ino && sameSettings(c.settings, p.settings);
+    if (!same) {
+      await store.abort(key, c.uploadId).catch(() => {}); // our own stale upload
+      removeCheckpoint(url);
+    } else {
+      const onServer = await store.listParts(key, c.uploadId);
+      if (onServer) {
+        for (const sp of onServer) {
+          const mine = saved.parts.get(sp.partNumber);
+          // Trusted only when the server's ETag (its MD5 of what it holds) is what we recorded.
+          if (mine && mine.md5 === sp.etag && mine.size === sp.size) held.set(sp.partNumber, sp.etag);
+        }
+        checkpoint = c;
+      } else {
+        const info = await store.head(key);
+        if (info && info.metadata[META.token] === c.token && saved.parts.size > 0) {
+          held = new Map([...saved.parts].map(([n, r]) => [n, r.md5]));
+          verifyOnly = true;
+          checkpoint = c;
+        } else {
+          removeCheckpoint(url); // the upload is gone (aborted or expired): start again
+        }
+      }
+    }
+  }
+  const resumed = checkpoint !== undefined;
+  if (!checkpoint) {
+    const token = randomBytes(16).toString('hex');
+    const format = p.spec?.format ?? image.format;
+    const uploadId = await store.createMultipart(key, { [META.token]: token, [META.format]: format, [META.virtualSize]: String(image.virtualSize) }, p.partSize);
+    checkpoint = { version: 1, dest: url, uploadId, token, partSize: p.partSize, headBytes: 0, source, settings: p.settings, created: new Date().toISOString() };
+    saveCheckpoint(checkpoint);
+  }
+
+  const total = p.asIs ? source.size : image.virtualSize;
+  let position = 0;
+  let sentBytes = 0;
+  const report = () => opts.onProgress?.({ position, total, sent: sentBytes });
+  const cp = checkpoint;
+  const pool = workers > 0 ? new WorkerPool(workers) : undefined;
+  const sink = new ObjectSink({
+    store,
+    key,
+    uploadId: cp.uploadId,
+    partSize: p.partSize,
+    concurrency,
+    held,
+    verifyOnly,
+    ...(pool ? { pool } : {}),
+    ...(opts.bandwidth ? { limiter: new RateLimiter(opts.bandwidth) } : {}),
+    onPart: (s) => recordPart(url, s.partNumber, s.md5, s.size),
+    onSent: (n) => {
+      sentBytes += n;
+      report();
+    },
+  });
+  let content: ContentDigest;
+  let outFormat: string;
+  let outSubformat: string | undefined;
+  let outVirtual = image.virtualSize;
+  try {
+    if (p.asIs) {
+      const hasher = image.format === 'raw' && image.virtualSize === source.size ? new ContentHasher(source.size) : undefined;
+      await copyFile(source.path, sink, hasher, (pos) => {
+        position = pos;
+        report();
+      }, opts.signal);
+      if (opts.signal?.aborted) throw interrupted();
+      await sink.commit();
+      content = hasher ? hasher.result() : await digestImage(image, pool, workers, opts.signal);
+      outFormat = image.format;
+    } else {
+      const writer = createWriter({ sink, spec: p.spec!, sourceSize: image.virtualSize });
+      sink.setHeadBytes(writer.headBytes);
+      const hasher = new ContentHasher(writer.virtualSize); // the output reads as zeros past the source's end
+      const window = 32 * 1024 * 1024;
+      const stream = streamVirtual(image, { chunkSize: chunkSizeFor(writer), align: writer.unitSize, workers, heldChunks: Math.ceil(window / chunkSizeFor(writer)) + 4, maxInFlightBytes: window, ...(pool ? { pool } : {}) });
+      await writeChunks(hashing(stream, hasher), image.virtualSize, writer, pool, {
+        maxInFlightBytes: window,
+        onProgress: (pr) => {
+          position = pr.position;
+          report();
+        },
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      });
+      const summary = await writer.finish();
+      if (opts.signal?.aborted) throw interrupted();
+      await sink.commit();
+      content = hasher.result();
+      outFormat = summary.format;
+      outSubformat = summary.subformat;
+      outVirtual = summary.virtualSize;
+    }
+  } catch (err) {
+    await sink.abort();
+    await pool?.close();
+    if (verifyOnly && err instanceof FerryError && err.code === 'UPLOAD_INCOMPLETE') {
+      removeCheckpoint(url);
+      throw new RestartUpload();
+    }
+    if (opts.signal?.aborted) throw interrupted();
+    if (err instanceof FerryError && err.code !== 'INTERNAL') {
+      throw new FerryError(err.code, err.message, {
+        remedy: `${err.remedy} What was uploaded stays on the server: run the same command again to resume.`,
+        ...(err.details ? { details: err.details } : {}),
+        cause: err,
+      });
+    }
+    throw err;
+  }
+  await pool?.close();
+
+  // Prove the result: the object the server assembled is the one we sent.
+  const parts = sink.parts;
+  const md5 = (b: Buffer) => createHash('md5').update(b).digest();
+  const expectedEtag = multipartEtag(parts.map((x) => Buffer.from(x.md5, 'hex')), md5);
+  const info = await store.head(key);
+  if (!info) {
+    throw new FerryError('UPLOAD_INCOMPLETE', `${url}: the server accepted the upload but the object is not there`, { remedy: 'Run the upload again.' });
+  }
+  if (info.size !== sink.objectSize || (info.etag.includes('-') && info.etag !== expectedEtag)) {
+    removeCheckpoint(url);
+    throw new FerryError('CHECKSUM_MISMATCH', `${url}: the stored object (${info.size} bytes, ETag ${info.etag}) is not what was sent (${sink.objectSize} bytes, ETag ${expectedEtag})`, {
+      remedy: 'Another writer replaced the object during the upload, or the server mangled it: upload again, and make sure nothing else writes this key.',
+    });
+  }
+  const manifest: Manifest = {
+    ferry: 'manifest',
+    version: 1,
+    tool: `ferry ${toolVersion()}`,
+    created: new Date().toISOString(),
+    object: { key, size: sink.objectSize, etag: info.etag || expectedEtag, partSize: p.partSize, firstPartSize: sink.headSize, partMd5: parts.map((x) => x.md5) },
+    image: { format: outFormat, ...(outSubformat ? { subformat: outSubformat } : {}), virtualSize: outVirtual },
+    content,
+    source: { name: image.name, format: image.format, virtualSize: image.virtualSize },
+  };
+  await writeManifest(store, manifest);
+  removeCheckpoint(url);
+  const sentParts = parts.filter((x) => x.sent);
+  return {
+    dest: url,
+    source: { image: image.name, format: image.format, virtualSize: image.virtualSize },
+    object: { size: sink.objectSize, etag: manifest.object.etag, parts: parts.length, partSize: p.partSize, format: outFormat, ...(outSubformat ? { subformat: outSubformat } : {}) },
+    content: { algorithm: content.algorithm, digest: content.digest, chunks: content.chunks.length },
+    bytesSent: sink.bytesSent,
+    partsSent: sentParts.length,
+    partsResumed: parts.length - sentParts.length,
+    resumed,
+    manifest: `${url}.ferry.json`,
+    seconds: Number(process.hrtime.bigint() - started) / 1e9,
+  };
+}
+
+/** Copies a file's bytes into the sink in order; holes (sparse ranges) become zeros. */
+async function copyFile(path: string, sink: ObjectSink, hasher: ContentHasher | undefined, onProgress: (pos: number) => void, signal?: AbortSignal): Promise<void> {
+  const src = await FileSource.open(path);
+  const piece = 8 * 1024 * 1024;
+  const buf = Buffer.allocUnsafe(piece);
+  try {
+    const size = src.size;
+    const ranges = src.dataRanges ? await src.dataRanges(0, size) : [{ offset: 0, length: size }];
+    let pos = 0;
+    for (const r of ranges) {
+      if (r.offset > pos) hasher?.zeros(pos, r.offset - pos);
+      for (let at = r.offset; at < r.offset + r.length; at += piece) {
+        if (signal?.aborted) throw interrupted();
+        const n = Math.min(piece, r.offset + r.length - at);
+        let got = 0;
+        while (got < n) {
+          const k = await src.read(buf, got, n - got, at + got);
+          if (k === 0) throw new FerryError('IO_ERROR', `${path}: the file shrank while it was read`, { remedy: 'Do not modify the image during the upload; run again.' });
+          got += k;
+        }
+        hasher?.data(at, buf.subarray(0, n));
+        await sink.write(buf.subarray(0, n), at);
+        onProgress(at + n);
+      }
+      pos = r.offset + r.length;
+    }
+    if (pos < size) hasher?.zeros(pos, size - pos);
+    await sink.truncate(size);
+    onProgress(size);
+  } finally {
+    await src.close();
+  }
+}

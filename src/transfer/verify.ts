@@ -1,0 +1,75 @@
+// `ferry verify`: proves that an object in storage still holds the disk that was uploaded, without
+// writing anything: its size and ETag against the manifest, then its virtual content — read
+// through the image driver with range requests — against the manifest's content digest, naming the
+// first damaged chunk.
+import { FerryError } from '../errors.js';
+import type { ImageFormat } from '../image/types.js';
+import { openImageSource } from '../image/open.js';
+import { streamVirtual } from '../pipeline/virtual-stream.js';
+import { parseLocation } from '../storage/location.js';
+import { ObjectSource } from '../storage/object-source.js';
+import { openStore, type StoreOptions } from '../storage/open-store.js';
+import { ContentHasher } from './content-hash.js';
+import { readManifest } from './manifest.js';
+
+export interface VerifyResult {
+  object: string;
+  format: string;
+  virtualSize: number;
+  size: number;
+  chunks: number;
+  digest: string;
+  bytesFetched: number;
+  seconds: number;
+}
+
+export async function verifyObject(url: string, opts: { store?: StoreOptions; onProgress?: (p: { done: number; total: number }) => void } = {}): Promise<VerifyResult> {
+  const started = process.hrtime.bigint();
+  const loc = parseLocation(url);
+  const store = openStore(loc, opts.store ?? {});
+  try {
+    const info = await store.head(loc.key);
+    if (!info) throw new FerryError('OBJECT_NOT_FOUND', `${loc.url}: no such object`, { remedy: 'Check the key; if it was being uploaded, run the upload again.' });
+    const m = await readManifest(store, loc.key);
+    if (!m) {
+      throw new FerryError('CHECKSUM_MISMATCH', `${loc.url}: there is no Ferry manifest (${loc.key}.ferry.json) to verify against`, {
+        remedy: 'Objects uploaded with `ferry upload` have one; for others, upload again with Ferry, or compare with the source using `ferry image checksum`.',
+      });
+    }
+    if (info.size !== m.object.size) {
+      throw new FerryError('UPLOAD_INCOMPLETE', `${loc.url}: the object is ${info.size} bytes, its manifest records ${m.object.size}`, {
+        remedy: 'The object is incomplete or was replaced: upload the image again.',
+        details: { size: info.size, expected: m.object.size },
+      });
+    }
+    if (info.etag && m.object.etag && info.etag !== m.object.etag) {
+      throw new FerryError('CHECKSUM_MISMATCH', `${loc.url}: the object's ETag ${info.etag} is not the one recorded at upload (${m.object.etag})`, {
+        remedy: 'The object was replaced after the upload: upload the image again.',
+      });
+    }
+    const src = new ObjectSource(store, loc.key, info.size);
+    const image = await openImageSource(src, { format: m.image.format as ImageFormat });
+    try {
+      const hasher = new ContentHasher(m.image.virtualSize);
+      for await (const c of streamVirtual(image)) {
+        if (c.data) hasher.data(c.offset, c.data.subarray(0, c.length));
+        else hasher.zeros(c.offset, c.length);
+        c.release?.();
+        opts.onProgress?.({ done: c.offset + c.length, total: image.virtualSize });
+      }
+      const r = hasher.result();
+      if (r.digest !== m.content.digest) {
+        const bad = r.chunks.findIndex((h, i) => h !== m.content.chunks[i]);
+        throw new FerryError('CHECKSUM_MISMATCH', `${loc.url}: the disk content differs from what was uploaded, first in chunk ${bad} (virtual bytes ${bad * r.chunkSize}..${(bad + 1) * r.chunkSize})`, {
+          remedy: 'The object was damaged in storage: upload the image again from its source.',
+          details: { chunk: bad, offset: bad * r.chunkSize },
+        });
+      }
+      return { object: loc.url, format: m.image.format, virtualSize: m.image.virtualSize, size: info.size, chunks: r.chunks.length, digest: r.digest, bytesFetched: src.stats.bytesFetched, seconds: Number(process.hrtime.bigint() - started) / 1e9 };
+    } finally {
+      await image.close();
+    }
+  } finally {
+    store.close();
+  }
+}

@@ -1,0 +1,15 @@
+// Ferry's version, read once from package.json (for --version, manifests and upload checkpoints).
+import { readFileSync } from 'node:fs';
+
+let cached: string | undefined;
+
+export function toolVersion(): string {
+  if (cached) return cached;
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
+    cached = pkg.version ?? '0.0.0';
+  } catch {
+    cached = '0.0.0';
+  }
+  return cached;
+}
