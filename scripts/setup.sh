@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Ferry and its tests need on a Debian machine (run as root): the Debian packages
-# (qemu-utils is the oracle for image content, fdisk/e2fsprogs/dosfstools build test disks), the
+# (qemu-utils is the oracle for image content, fdisk/e2fsprogs/dosfstools build test disks, Swift
+# and memcached are the S3 server of the storage tests), the
 # npm dependencies, and the compiled build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,10 @@ command -v mke2fs >/dev/null || need+=(e2fsprogs)
 command -v mkfs.vfat >/dev/null || need+=(dosfstools)
 command -v tar >/dev/null || need+=(tar)
 command -v genisoimage >/dev/null || need+=(genisoimage)
+# The real S3 server of the tests (OpenStack Swift with s3api; see scripts/s3-server.sh).
+for p in swift swift-proxy swift-object swift-container swift-account python3-swift memcached; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
   if [ "$(id -u)" -ne 0 ]; then echo "setup: need root to install ${need[*]} (run with sudo)" >&2; exit 1; fi

@@ -19,6 +19,8 @@ export interface WriteSpec {
   subformat?: string;
   /** qcow2: compress clusters (zlib or zstd). VMDK streamOptimized is always zlib-compressed. */
   compress?: CompressionCodec;
+  /** Compression level (zlib 1–9, default 6; zstd 1–19, default 3, as qemu-img). */
+  compressLevel?: number;
   /** qcow2 cluster size (512 B – 2 MiB, power of two; default 64 KiB). */
   clusterSize?: number;
   /** vpc: keep the exact virtual size (no CHS rounding). */

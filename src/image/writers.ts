@@ -23,6 +23,15 @@ export function createWriter(ctx: WriterContext): ImageWriter {
   if (spec.compress && spec.format !== 'qcow2' && !(spec.format === 'vmdk' && spec.compress === 'zlib')) {
     throw badSpec(`--compress is not available for ${spec.format} output`, 'Compression is a qcow2 option (zlib or zstd); VMDK streamOptimized is always zlib-compressed.');
   }
+  if (spec.compressLevel !== undefined) {
+    const max = spec.compress === 'zstd' ? 19 : 9;
+    if (!Number.isInteger(spec.compressLevel) || spec.compressLevel < 1 || spec.compressLevel > max) {
+      throw badSpec(`compression level ${spec.compressLevel} is out of range`, `Give a level from 1 (fastest) to ${max} (smallest) for ${spec.compress ?? 'zlib'}.`);
+    }
+    if (!spec.compress && !(spec.format === 'vmdk' && (spec.subformat ?? 'streamOptimized') === 'streamOptimized')) {
+      throw badSpec('--level applies to compressed output only', 'Add --compress zlib|zstd (qcow2), or drop --level.');
+    }
+  }
   if (spec.exactSize && spec.format !== 'vpc') {
     throw badSpec('--exact-size applies to VHD (vpc) output only', 'Other formats always keep the exact size (rounded up to whole 512-byte sectors).');
   }

@@ -49,6 +49,28 @@ export function isAllZero(buf: Buffer): boolean {
 }
 
 let zstdCtx: InstanceType<typeof zstd.CCtx> | undefined;
+let probeCtx: InstanceType<typeof zstd.CCtx> | undefined;
+const PROBE_SLICE = 2048;
+const probeIn = Buffer.alloc(3 * PROBE_SLICE);
+const probeOut = Buffer.alloc(zstd.compressBound(3 * PROBE_SLICE));
+
+/**
+ * True when a unit looks incompressible (random or already compressed data): three 2 KiB slices
+ * (start, middle, end) compressed together at zstd's fastest level shrink by less than 3 %.
+ * Such units are stored raw without spending a full compression on them — the result of which
+ * would have been thrown away (qcow2 keeps a cluster raw when it does not shrink) or saved almost
+ * nothing.
+ */
+function looksIncompressible(unit: Buffer): boolean {
+  if (unit.length < 8 * PROBE_SLICE) return false;
+  unit.copy(probeIn, 0, 0, PROBE_SLICE);
+  const mid = Math.floor(unit.length / 2 / 512) * 512;
+  unit.copy(probeIn, PROBE_SLICE, mid, mid + PROBE_SLICE);
+  unit.copy(probeIn, 2 * PROBE_SLICE, unit.length - PROBE_SLICE);
+  probeCtx ??= new zstd.CCtx();
+  const n = probeCtx.compress(probeOut, probeIn, 1);
+  return n > probeIn.length * 0.97;
+}
 
 /** Collects compressed units back to back, in `into` while they fit, else in buffers of its own. */
 class Output {
@@ -142,6 +164,10 @@ export function encodeChunk(chunk: Buffer, unitSize: number, enc: UnitEncoding, 
     if (len < unitSize && enc.padLast) {
       input = Buffer.alloc(unitSize);
       unit.copy(input);
+    }
+    if (enc.rawAbove !== Infinity && looksIncompressible(input)) {
+      units.push(at, len, UNIT_RAW, 0, 0);
+      continue;
     }
     const start = out.length;
     const n = compressUnit(input, enc, out);

@@ -22,6 +22,8 @@ export class ObjectSource implements ByteSource {
   private readonly cache = new Map<number, Promise<Buffer>>();
   private lastBlock = -2;
   private window = 0;
+  /** Bytes read sequentially since the last jump (readahead starts after 1 MiB of them). */
+  private sequential = 0;
   readonly stats: ObjectSourceStats = { requests: 0, bytesFetched: 0 };
 
   constructor(
@@ -101,19 +103,25 @@ export class ObjectSource implements ByteSource {
     const end = Math.min(this.size, position + length);
     const first = Math.floor(position / BLOCK);
     const last = Math.floor((end - 1) / BLOCK);
-    // Sequential access grows the readahead window; a jump resets it.
-    if (first === this.lastBlock || first === this.lastBlock + 1) this.window = Math.min(MAX_WINDOW_BLOCKS, Math.max(RUN_BLOCKS / 4, this.window * 2));
+    // Sequential reading (not a few metadata reads that happen to be adjacent) grows the readahead
+    // window; a jump resets it.
+    if (first === this.lastBlock || first === this.lastBlock + 1) this.sequential += end - position;
+    else this.sequential = end - position;
+    if (this.sequential >= 1024 * 1024) this.window = Math.min(MAX_WINDOW_BLOCKS, Math.max(RUN_BLOCKS / 4, this.window * 2));
     else this.window = 0;
     this.ensure(first, Math.min(this.blocks() - 1, last + this.window));
+    // Take the blocks' promises now: concurrent reads may evict them from the cache meanwhile.
+    const wanted: Promise<Buffer>[] = [];
+    for (let b = first; b <= last; b++) {
+      const p = this.cache.get(b)!;
+      wanted.push(p);
+      // Touch: move to the end of the LRU order.
+      this.cache.delete(b);
+      this.cache.set(b, p);
+    }
     let done = 0;
     for (let b = first; b <= last; b++) {
-      const block = await this.cache.get(b)!;
-      // Touch: move to the end of the LRU order.
-      const p = this.cache.get(b);
-      if (p) {
-        this.cache.delete(b);
-        this.cache.set(b, p);
-      }
+      const block = await wanted[b - first]!;
       const from = Math.max(position, b * BLOCK) - b * BLOCK;
       const to = Math.min(end, (b + 1) * BLOCK) - b * BLOCK;
       block.copy(buf, bufOffset + done, from, to);

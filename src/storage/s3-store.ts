@@ -18,6 +18,7 @@ import {
   GetObjectCommand,
   HeadBucketCommand,
   HeadObjectCommand,
+  ListObjectsV2Command,
   ListMultipartUploadsCommand,
   ListPartsCommand,
   PutObjectCommand,
@@ -141,6 +142,7 @@ export class S3Store implements ObjectStore {
         await this.probe();
         return undefined;
       }
+      if (status(err) === 403) await this.probe(); // bad credentials are reported as such
       throw this.translate(err, `reading the properties of ${this.name}/${key}`, key);
     }
   }
@@ -267,7 +269,15 @@ export class S3Store implements ObjectStore {
       await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }));
     } catch (err) {
       if (status(err) === 404) throw bucketMissing(this.name, this.endpointText);
-      throw this.translate(err, `opening ${this.name}`);
+      if (status(err) !== 403 && status(err) !== 400) throw this.translate(err, `opening ${this.name}`);
+      // HEAD answers carry no error body: ask again with a request whose answer says why.
+      try {
+        await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, MaxKeys: 1 }));
+      } catch (e2) {
+        const name = errorName(e2);
+        if (name === 'AccessDenied') return; // valid credentials without list permission: go on
+        throw this.translate(e2, `opening ${this.name}`);
+      }
     }
   }
 

@@ -39,7 +39,7 @@ export class ContentHasher {
   private current: Hash | undefined;
   /** Bytes of the current chunk fed so far. */
   private filled = 0;
-  private readonly digests: Buffer[] = [];
+  private readonly digests: (Buffer | Promise<Buffer>)[] = [];
 
   constructor(readonly total: number) {}
 
@@ -52,6 +52,23 @@ export class ContentHasher {
     this.digests.push(this.current ? this.current.digest() : zeroDigest(this.chunkLength(index)));
     this.current = undefined;
     this.filled = 0;
+  }
+
+  /**
+   * Feeds `data` at `offset` like data(), but when it is exactly one whole chunk, hands the hashing
+   * to `digest` (e.g. a worker thread) and returns the promise of it: `data` must stay unchanged
+   * until it settles. Returns undefined when the data was hashed here.
+   */
+  dataAsync(offset: number, data: Buffer, digest: (data: Buffer) => Promise<Buffer>): Promise<Buffer> | undefined {
+    if (offset === this.position && this.filled === 0 && data.length === this.chunkLength(this.digests.length)) {
+      const p = digest(data);
+      p.catch(() => {}); // observed by result()
+      this.digests.push(p);
+      this.position += data.length;
+      return p;
+    }
+    this.data(offset, data);
+    return undefined;
   }
 
   /** Feeds `data` at `offset` (must equal the bytes fed so far; gaps are fed as zeros first). */
@@ -89,15 +106,16 @@ export class ContentHasher {
     this.position += length;
   }
 
-  /** The digest; the content must have been fed to its end. */
-  result(): ContentDigest {
+  /** The digest (zeros are assumed up to the total). */
+  async result(): Promise<ContentDigest> {
     if (this.position < this.total) this.zeros(this.position, this.total - this.position);
     if (this.filled > 0) this.finishChunk();
+    const digests = await Promise.all(this.digests);
     return {
       algorithm: DIGEST_ALGORITHM,
       chunkSize: MANIFEST_CHUNK,
-      digest: createHash('sha256').update(Buffer.concat(this.digests)).digest('hex'),
-      chunks: this.digests.map((d) => d.toString('hex')),
+      digest: createHash('sha256').update(Buffer.concat(digests)).digest('hex'),
+      chunks: digests.map((d) => d.toString('hex')),
     };
   }
 }

@@ -170,7 +170,7 @@ export async function verifyContent(path: string, manifest: Manifest, what: stri
       else hasher.zeros(c.offset, c.length);
       c.release?.();
     }
-    const r = hasher.result();
+    const r = await hasher.result();
     if (r.digest !== manifest.content.digest) {
       const bad = r.chunks.findIndex((h, i) => h !== manifest.content.chunks[i]);
       throw new FerryError('CHECKSUM_MISMATCH', `${what}: the disk content differs from what was uploaded, first in chunk ${bad} (virtual bytes ${bad * r.chunkSize}..${(bad + 1) * r.chunkSize})`, {

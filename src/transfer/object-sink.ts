@@ -57,6 +57,8 @@ export interface ObjectSinkOptions {
 interface OpenPart {
   number: number;
   buf: Buffer | undefined; // undefined while nothing but zeros was written
+  /** Bytes of `buf` from its start that hold written data or zeros (the rest is undefined). */
+  filled: number;
 }
 
 const zeroMd5s = new Map<number, Buffer>();
@@ -134,8 +136,12 @@ export class ObjectSink implements Sink {
       } else {
         await this.moveTo(n);
         const part = this.current!;
-        part.buf ??= this.takeBuffer();
-        piece.copy(part.buf, pos - this.partStart(n));
+        part.buf ??= this.slots.take(this.o.partSize);
+        const at = pos - this.partStart(n);
+        // Part buffers are reused: zero only the gap a write skips (writers mostly append).
+        if (at > part.filled) part.buf.fill(0, part.filled, at);
+        piece.copy(part.buf, at);
+        part.filled = Math.max(part.filled, at + len);
       }
       at += len;
     }
@@ -161,12 +167,6 @@ export class ObjectSink implements Sink {
 
   async reserve(): Promise<void> {}
 
-  private takeBuffer(): Buffer {
-    const b = this.slots.take(this.o.partSize);
-    b.fill(0);
-    return b;
-  }
-
   private check(): void {
     if (this.failure) throw this.failure;
     if (this.done) throw new FerryError('INTERNAL', `${this.path}: written after commit or abort`, { remedy: 'Please report this bug.' });
@@ -183,8 +183,8 @@ export class ObjectSink implements Sink {
     const from = this.current ? this.current.number : 2;
     if (this.current) await this.seal(this.current, this.o.partSize);
     // Parts skipped entirely are zeros.
-    for (let k = this.current ? from + 1 : from; k < n; k++) await this.seal({ number: k, buf: undefined }, this.o.partSize);
-    this.current = { number: n, buf: undefined };
+    for (let k = this.current ? from + 1 : from; k < n; k++) await this.seal({ number: k, buf: undefined, filled: 0 }, this.o.partSize);
+    this.current = { number: n, buf: undefined, filled: 0 };
   }
 
   private zeroBuffer(length: number): Buffer {
@@ -213,6 +213,7 @@ export class ObjectSink implements Sink {
       await Promise.race(this.inFlight);
       if (this.failure) throw this.failure;
     }
+    if (p.buf && p.filled < length) p.buf.fill(0, p.filled, length);
     const data = p.buf ? p.buf.subarray(0, length) : this.zeroBuffer(length);
     const task = (async () => {
       try {
@@ -255,9 +256,9 @@ export class ObjectSink implements Sink {
       await this.moveTo(lastPart);
       await this.seal(this.current!, size - this.partStart(lastPart));
       this.current = undefined;
-      await this.seal({ number: 1, buf: this.head }, this.head.length);
+      await this.seal({ number: 1, buf: this.head, filled: this.head.length }, this.head.length);
     } else {
-      await this.seal({ number: 1, buf: this.head }, size);
+      await this.seal({ number: 1, buf: this.head, filled: this.head.length }, size);
     }
     await Promise.all(this.inFlight);
     if (this.failure) throw this.failure;

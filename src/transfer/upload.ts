@@ -25,6 +25,8 @@ import { createWriter } from '../image/writers.js';
 import { chunkSizeFor, writeChunks } from '../pipeline/convert.js';
 import { streamVirtual, type VirtualChunk } from '../pipeline/virtual-stream.js';
 import { WorkerPool } from '../pipeline/worker-pool.js';
+import { refTo } from '../pipeline/buffer-pool.js';
+import type { DigestResult } from '../pipeline/pool-worker.js';
 import { FileStore } from '../storage/file-store.js';
 import { parseLocation } from '../storage/location.js';
 import { openStore, type StoreOptions } from '../storage/open-store.js';
@@ -48,6 +50,8 @@ export interface UploadOptions {
   /** Compress (qcow2; implies --to qcow2 when no format is given). */
   compress?: CompressionCodec;
   clusterSize?: number;
+  /** Compression level (zstd 1–19, zlib 1–9). */
+  compressLevel?: number;
   exactSize?: boolean;
   alignSize?: number;
   /** Source format (default: detected). */
@@ -60,6 +64,8 @@ export interface UploadOptions {
   bandwidth?: number;
   /** Worker threads for compression and hashing (default: all cores). */
   workers?: number;
+  /** Bound on source bytes read ahead and on bytes being encoded (default 16 MiB each). */
+  maxInFlightBytes?: number;
   store?: StoreOptions;
   onProgress?: (p: UploadProgress) => void;
   signal?: AbortSignal;
@@ -109,11 +115,30 @@ async function identity(path: string): Promise<SourceIdentity> {
   }
 }
 
-/** Hashes the virtual content of the chunks on their way to the writer. */
-async function* hashing(chunks: AsyncGenerator<VirtualChunk>, hasher: ContentHasher): AsyncGenerator<VirtualChunk> {
+/** SHA-256 of a buffer in the shared arena, on a worker of the pool. */
+function poolSha256(pool: WorkerPool): (data: Buffer) => Promise<Buffer> {
+  return async (data) => {
+    const r = await pool.run<DigestResult>({ type: 'digest', input: refTo(data, []), algorithms: ['sha256'] });
+    return Buffer.from(r.digests[0]!);
+  };
+}
+
+/**
+ * Hashes the virtual content of the chunks on their way to the writer. Whole 4 MiB chunks in the
+ * shared arena are hashed on the pool, in parallel with their encoding (both only read them); the
+ * chunk goes back to the stream's buffers only once both are done.
+ */
+async function* hashing(chunks: AsyncGenerator<VirtualChunk>, hasher: ContentHasher, pool: WorkerPool | undefined): AsyncGenerator<VirtualChunk> {
+  const digest = pool ? poolSha256(pool) : undefined;
   for await (const c of chunks) {
-    if (c.data) hasher.data(c.offset, c.data.length === c.length ? c.data : c.data.subarray(0, c.length));
-    else hasher.zeros(c.offset, c.length);
+    if (c.data) {
+      const data = c.data.length === c.length ? c.data : c.data.subarray(0, c.length);
+      const pending = digest && data.buffer instanceof SharedArrayBuffer ? hasher.dataAsync(c.offset, data, digest) : (hasher.data(c.offset, data), undefined);
+      if (pending && c.release) {
+        const release = c.release;
+        c.release = (returned) => void pending.finally(() => release(returned)).catch(() => {});
+      }
+    } else hasher.zeros(c.offset, c.length);
     yield c;
   }
 }
@@ -150,6 +175,7 @@ function plan(image: DiskImage, fileSize: number, opts: UploadOptions): Plan {
         ...(opts.subformat ? { subformat: opts.subformat } : {}),
         ...(opts.compress ? { compress: opts.compress } : {}),
         ...(opts.clusterSize ? { clusterSize: opts.clusterSize } : {}),
+        ...(opts.compressLevel ? { compressLevel: opts.compressLevel } : {}),
         ...(opts.exactSize ? { exactSize: true } : {}),
         ...(opts.alignSize ? { alignSize: opts.alignSize } : {}),
       };
@@ -276,15 +302,15 @@ async function runUpload(image: DiskImage, source: SourceIdentity, store: Object
       }, opts.signal);
       if (opts.signal?.aborted) throw interrupted();
       await sink.commit();
-      content = hasher ? hasher.result() : await digestImage(image, pool, workers, opts.signal);
+      content = hasher ? await hasher.result() : await digestImage(image, pool, workers, opts.signal);
       outFormat = image.format;
     } else {
       const writer = createWriter({ sink, spec: p.spec!, sourceSize: image.virtualSize });
       sink.setHeadBytes(writer.headBytes);
       const hasher = new ContentHasher(writer.virtualSize); // the output reads as zeros past the source's end
-      const window = 32 * 1024 * 1024;
+      const window = opts.maxInFlightBytes ?? Number(process.env.FERRY_WINDOW ?? 16 * 1024 * 1024);
       const stream = streamVirtual(image, { chunkSize: chunkSizeFor(writer), align: writer.unitSize, workers, heldChunks: Math.ceil(window / chunkSizeFor(writer)) + 4, maxInFlightBytes: window, ...(pool ? { pool } : {}) });
-      await writeChunks(hashing(stream, hasher), image.virtualSize, writer, pool, {
+      await writeChunks(hashing(stream, hasher, pool), image.virtualSize, writer, pool, {
         maxInFlightBytes: window,
         onProgress: (pr) => {
           position = pr.position;
@@ -295,7 +321,7 @@ async function runUpload(image: DiskImage, source: SourceIdentity, store: Object
       const summary = await writer.finish();
       if (opts.signal?.aborted) throw interrupted();
       await sink.commit();
-      content = hasher.result();
+      content = await hasher.result();
       outFormat = summary.format;
       outSubformat = summary.subformat;
       outVirtual = summary.virtualSize;
@@ -318,6 +344,8 @@ async function runUpload(image: DiskImage, source: SourceIdentity, store: Object
     throw err;
   }
   await pool?.close();
+  // Fault injection for the resume tests: die as if killed right after Complete.
+  if (process.env.FERRY_FAULT === 'kill-after-complete') process.kill(process.pid, 'SIGKILL');
 
   // Prove the result: the object the server assembled is the one we sent.
   const parts = sink.parts;

@@ -57,7 +57,7 @@ export async function verifyObject(url: string, opts: { store?: StoreOptions; on
         c.release?.();
         opts.onProgress?.({ done: c.offset + c.length, total: image.virtualSize });
       }
-      const r = hasher.result();
+      const r = await hasher.result();
       if (r.digest !== m.content.digest) {
         const bad = r.chunks.findIndex((h, i) => h !== m.content.chunks[i]);
         throw new FerryError('CHECKSUM_MISMATCH', `${loc.url}: the disk content differs from what was uploaded, first in chunk ${bad} (virtual bytes ${bad * r.chunkSize}..${(bad + 1) * r.chunkSize})`, {

@@ -23,6 +23,7 @@ interface WriteFlags {
   subformat?: string;
   compress?: CompressionCodec | true;
   clusterSize?: string;
+  level?: string;
   exactSize?: boolean;
   alignSize?: string;
   targetIsZero?: boolean;
@@ -83,6 +84,7 @@ function writeSpec(flags: WriteFlags): WriteSpec {
   if (flags.compress) spec.compress = flags.compress === true ? (spec.compressionType ?? 'zlib') : flags.compress;
   delete spec.compressionType;
   if (flags.clusterSize) spec.clusterSize = sizeArg(flags.clusterSize, '--cluster-size');
+  if (flags.level !== undefined) spec.compressLevel = Number(flags.level);
   if (flags.exactSize) spec.exactSize = true;
   if (flags.alignSize) spec.alignSize = sizeArg(flags.alignSize, '--align-size');
   if (flags.targetIsZero) spec.targetIsZero = true;
@@ -117,6 +119,7 @@ function addWriteOptions(cmd: Command): Command {
     .addOption(new Option('--compress [codec]', 'qcow2: compress clusters (zlib, the default, or zstd)').choices(['zlib', 'zstd']))
     .addOption(new Option('-c', 'compress (as qemu-img -c): same as --compress').implies({ compress: true }))
     .option('--cluster-size <size>', 'qcow2 cluster size (512 to 2M, default 64K)')
+    .option('--level <n>', 'compression level: zstd 1–19 (default 3), zlib 1–9 (default 6); lower is faster, higher smaller')
     .option('--exact-size', 'vpc: keep the exact virtual size (no CHS rounding; what Hyper-V and Azure want)')
     .option('--align-size <size>', 'round the virtual size up to a multiple of this (e.g. 1M for Azure)')
     .option('-o, --options <list>', "qemu-img style options: subformat=…,compat=0.10|1.1,cluster_size=…,compression_type=…,force_size=on")

@@ -90,6 +90,7 @@ interface UploadFlags extends StoreFlags {
   subformat?: string;
   compress?: CompressionCodec | true;
   clusterSize?: string;
+  level?: string;
   exactSize?: boolean;
   alignSize?: string;
   partSize?: string;
@@ -114,6 +115,7 @@ export function registerTransferCommands(program: Command, state: RunState): voi
       .option('--subformat <name>', 'qcow2: v3|v2; vpc: dynamic|fixed; vmdk: streamOptimized|monolithicSparse')
       .addOption(new Option('--compress [codec]', 'compress (qcow2 clusters: zlib, the default, or zstd); implies --to qcow2').choices(['zlib', 'zstd']))
       .option('--cluster-size <size>', 'qcow2 cluster size (default 64K)')
+      .option('--level <n>', 'compression level: zstd 1–19 (default 3), zlib 1–9 (default 6); lower is faster, higher smaller')
       .option('--exact-size', 'vpc: keep the exact virtual size')
       .option('--align-size <size>', 'round the virtual size up to a multiple of this')
       .option('--part-size <size>', 'multipart part size (default 16M, larger when needed to stay within 10,000 parts)')
@@ -159,6 +161,7 @@ export function registerTransferCommands(program: Command, state: RunState): voi
         ...(flags.subformat ? { subformat: flags.subformat } : {}),
         ...(compress ? { compress } : {}),
         ...(clusterSize ? { clusterSize } : {}),
+        ...(flags.level !== undefined ? { compressLevel: Number(flags.level) } : {}),
         ...(flags.exactSize ? { exactSize: true } : {}),
         ...(alignSize ? { alignSize } : {}),
         ...(partSize ? { partSize } : {}),
@@ -281,7 +284,8 @@ export function registerTransferCommands(program: Command, state: RunState): voi
     const s = openStore(loc, flagsToStore(flags));
     try {
       const now = Date.now();
-      const old = (await s.listUploads(loc.key)).filter((u) => !u.initiated || now - u.initiated.getTime() >= ageMs);
+      // (an age of 0 takes every upload: server timestamps may be rounded up past "now")
+      const old = (await s.listUploads(loc.key)).filter((u) => ageMs === 0 || !u.initiated || now - u.initiated.getTime() >= ageMs);
       if (!flags.dryRun) for (const u of old) await s.abort(u.key, u.uploadId);
       const doc = { location: loc.url, olderThan: flags.olderThan, dryRun: !!flags.dryRun, aborted: old.map((u) => ({ key: u.key, uploadId: u.uploadId })) };
       makeOutput(!!flags.json).result(doc, () => `${flags.dryRun ? 'would abort' : 'aborted'} ${old.length} upload(s)${old.length ? ':\n' + old.map((u) => `  ${u.key} ${u.uploadId}`).join('\n') : ''}`);

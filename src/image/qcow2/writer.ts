@@ -72,7 +72,7 @@ export class Qcow2Writer implements ImageWriter {
     this.virtualSize = roundUp(spec.alignSize ? roundUp(ctx.sourceSize, spec.alignSize) : ctx.sourceSize, 512);
     this.unitSize = this.cs;
     this.encoding = spec.compress
-      ? { codec: this.zstd ? 'zstd' : 'deflate', rawAbove: this.cs - 1, padLast: true }
+      ? { codec: this.zstd ? 'zstd' : 'deflate', rawAbove: this.cs - 1, padLast: true, ...(spec.compressLevel ? { level: spec.compressLevel } : {}) }
       : UNCOMPRESSED;
     this.l2Entries = this.cs / 8;
     const l1Size = Math.ceil(this.virtualSize / (this.l2Entries * this.cs));

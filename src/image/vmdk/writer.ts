@@ -147,7 +147,7 @@ export class VmdkWriter implements ImageWriter {
     const gdEntries = Math.ceil(this.capacity / (GTES * GRAIN_SECTORS));
     this.gd = new Uint32Array(gdEntries);
     if (sub === 'streamOptimized') {
-      this.encoding = { codec: 'zlib', rawAbove: Infinity, padLast: true };
+      this.encoding = { codec: 'zlib', rawAbove: Infinity, padLast: true, ...(spec.compressLevel ? { level: spec.compressLevel } : {}) };
       this.overHead = GRAIN_SECTORS;
     } else {
       this.encoding = UNCOMPRESSED;
