@@ -2,8 +2,10 @@
 # Ferry's demo on its embedded defaults: sets Ferry up, builds a sample disk (GPT + ext4 with real
 # files), exports it the way hypervisors do (qcow2, VHD, VMDK with qemu-img), has Ferry inspect and
 # check every image, converts the disk with Ferry into the formats clouds import (compressed qcow2,
-# Azure-style fixed VHD, streamOptimized VMDK), and verifies that every image holds exactly the
-# original disk (SHA-256 of the content, and qemu-img as an independent reader).
+# Azure-style fixed VHD, streamOptimized VMDK), uploads one to the embedded object store (a local
+# directory) converting on the fly, reads it back, and verifies that every image holds exactly the
+# original disk (SHA-256 of the content, the upload's manifest, and qemu-img as an independent
+# reader).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
@@ -58,6 +60,19 @@ for img in out.qcow2:qcow2 out.vhd:vpc out.vmdk:vmdk; do
   esac
 done
 for f in disk.raw out.qcow2 out.vhd out.vmdk; do printf '   %-10s %11d bytes on disk\n' "$f" "$(( $(stat -c %b "$work/$f") * 512 ))"; done
+
+echo
+echo "== uploading to the embedded object store (a local directory, file://): converted to zstd qcow2 on the fly"
+export FERRY_STATE_DIR="$work/state"
+store="file://$work/store"
+ferry upload "$work/disk.vmdk" "$store/disk.qcow2" --compress zstd
+echo "== ferry image info on the object (reads only its metadata)"
+ferry image info "$store/disk.qcow2" | sed -n '1,3p;$p'
+echo "== ferry verify: the object against its manifest (size, ETag, content digest)"
+ferry verify "$store/disk.qcow2"
+echo "== ferry download, then the downloaded image against the original disk"
+ferry download "$store/disk.qcow2" "$work/downloaded.qcow2"
+verify "$work/downloaded.qcow2" "downloaded.qcow2"
 
 echo
 echo "== a file that is not a supported image is named, with a remedy:"

@@ -41,7 +41,9 @@ import { toolVersion } from '../version.js';
 export const MIN_PART = 5 * 1024 * 1024;
 export const MAX_PART = 5 * 1024 * 1024 * 1024;
 export const MAX_PARTS = 10_000;
-const DEFAULT_PART = 16 * 1024 * 1024;
+const DEFAULT_PART = 8 * 1024 * 1024;
+/** Part bytes in flight by default (memory: each part in flight holds a buffer). */
+const IN_FLIGHT_PARTS_BYTES = 64 * 1024 * 1024;
 
 export interface UploadOptions {
   /** Convert to this format while uploading (default: upload the file as it is). */
@@ -58,13 +60,13 @@ export interface UploadOptions {
   format?: ImageFormat;
   allowBacking?: boolean;
   partSize?: number;
-  /** Parts in flight (default 8). */
+  /** Parts in flight (default: 8 as-is, 4 when converting, fewer for parts above 8 MiB). */
   concurrency?: number;
   /** Bytes per second (default: unlimited). */
   bandwidth?: number;
   /** Worker threads for compression and hashing (default: all cores). */
   workers?: number;
-  /** Bound on source bytes read ahead and on bytes being encoded (default 16 MiB each). */
+  /** Bound on source bytes read ahead and on bytes being encoded (default 8 MiB each). */
   maxInFlightBytes?: number;
   store?: StoreOptions;
   onProgress?: (p: UploadProgress) => void;
@@ -100,7 +102,7 @@ function interrupted(): FerryError {
   });
 }
 
-/** Part size for an object of at most `maxBytes`: 16 MiB, or more so that 10,000 parts hold it. */
+/** Part size for an object of at most `maxBytes`: 8 MiB, or more so that 10,000 parts hold it. */
 export function choosePartSize(maxBytes: number): number {
   const mib = 1024 * 1024;
   return Math.max(DEFAULT_PART, Math.ceil(maxBytes / (MAX_PARTS - 10) / mib) * mib);
@@ -224,7 +226,8 @@ class RestartUpload extends Error {}
 async function runUpload(image: DiskImage, source: SourceIdentity, store: ObjectStore, key: string, url: string, opts: UploadOptions, started: bigint): Promise<UploadResult> {
   const p = plan(image, source.size, opts);
   const workers = opts.workers ?? availableParallelism();
-  const concurrency = opts.concurrency ?? 8;
+  // Converting already keeps the cores busy: fewer parts in flight, less memory.
+  const concurrency = opts.concurrency ?? Math.max(2, Math.min(p.asIs ? 8 : 4, Math.floor(IN_FLIGHT_PARTS_BYTES / p.partSize)));
 
   // Resume what the checkpoint names, if it is the same source with the same settings.
   let held = new Map<number, string>();
@@ -308,7 +311,7 @@ async function runUpload(image: DiskImage, source: SourceIdentity, store: Object
       const writer = createWriter({ sink, spec: p.spec!, sourceSize: image.virtualSize });
       sink.setHeadBytes(writer.headBytes);
       const hasher = new ContentHasher(writer.virtualSize); // the output reads as zeros past the source's end
-      const window = opts.maxInFlightBytes ?? Number(process.env.FERRY_WINDOW ?? 16 * 1024 * 1024);
+      const window = opts.maxInFlightBytes ?? 8 * 1024 * 1024;
       const stream = streamVirtual(image, { chunkSize: chunkSizeFor(writer), align: writer.unitSize, workers, heldChunks: Math.ceil(window / chunkSizeFor(writer)) + 4, maxInFlightBytes: window, ...(pool ? { pool } : {}) });
       await writeChunks(hashing(stream, hasher, pool), image.virtualSize, writer, pool, {
         maxInFlightBytes: window,
