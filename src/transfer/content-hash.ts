@@ -3,9 +3,11 @@
 // content digest is the SHA-256 of the concatenated chunk digests (a one-level hash list). Unlike
 // one SHA-256 over the whole disk, this finds *which* chunk is damaged, lets an interrupted
 // transfer be checked piecewise, and costs nothing for zero ranges: a chunk of zeros has a known
-// digest, so only data is hashed. `ferry image checksum --manifest` computes the same value.
+// digest, so only data is hashed. `ferry verify` and `ferry download` recompute it.
 //
-// Feed the content in increasing order: data with `data()`, zero ranges with `zeros()`.
+// Feed the content in increasing order: data with `data()`, zero ranges with `zeros()`. With an
+// OffloadedHashing, chunks are assembled in buffers of their own (or taken as they are when a
+// data piece is exactly one chunk: dataAsync) and hashed elsewhere, e.g. on the worker pool.
 import { createHash, type Hash } from 'node:crypto';
 
 export const MANIFEST_CHUNK = 4 * 1024 * 1024;
@@ -34,14 +36,28 @@ export interface ContentDigest {
   chunks: string[];
 }
 
+/** Hashing on other threads: a digest function and buffers to assemble chunks in. */
+export interface OffloadedHashing {
+  /** SHA-256 of `data` (e.g. on a worker thread); `data` stays untouched until it settles. */
+  digest: (data: Buffer) => Promise<Buffer>;
+  /** A buffer of MANIFEST_CHUNK bytes to assemble a chunk in, and its return. */
+  take: () => Buffer;
+  give: (b: Buffer) => void;
+}
+
 export class ContentHasher {
   private position = 0;
   private current: Hash | undefined;
+  /** Offloaded mode: the chunk being assembled (pieces copied in, gaps zeroed). */
+  private cell: Buffer | undefined;
   /** Bytes of the current chunk fed so far. */
   private filled = 0;
   private readonly digests: (Buffer | Promise<Buffer>)[] = [];
 
-  constructor(readonly total: number) {}
+  constructor(
+    readonly total: number,
+    private readonly offload?: OffloadedHashing,
+  ) {}
 
   private chunkLength(index: number): number {
     return Math.min(MANIFEST_CHUNK, this.total - index * MANIFEST_CHUNK);
@@ -49,7 +65,17 @@ export class ContentHasher {
 
   private finishChunk(): void {
     const index = this.digests.length;
-    this.digests.push(this.current ? this.current.digest() : zeroDigest(this.chunkLength(index)));
+    if (this.cell) {
+      const cell = this.cell;
+      const len = this.chunkLength(index);
+      if (this.filled < len) cell.fill(0, this.filled, len);
+      const p = this.offload!.digest(cell.subarray(0, len));
+      p.catch(() => {}).finally(() => this.offload!.give(cell));
+      this.digests.push(p);
+      this.cell = undefined;
+    } else {
+      this.digests.push(this.current ? this.current.digest() : zeroDigest(this.chunkLength(index)));
+    }
     this.current = undefined;
     this.filled = 0;
   }
@@ -60,6 +86,7 @@ export class ContentHasher {
    * until it settles. Returns undefined when the data was hashed here.
    */
   dataAsync(offset: number, data: Buffer, digest: (data: Buffer) => Promise<Buffer>): Promise<Buffer> | undefined {
+    if (offset > this.position) this.zeros(this.position, offset - this.position);
     if (offset === this.position && this.filled === 0 && data.length === this.chunkLength(this.digests.length)) {
       const p = digest(data);
       p.catch(() => {}); // observed by result()
@@ -79,6 +106,18 @@ export class ContentHasher {
     while (at < data.length) {
       const room = MANIFEST_CHUNK - this.filled;
       const n = Math.min(room, data.length - at);
+      if (this.offload) {
+        // Assemble the chunk (a copy is far cheaper than hashing here); hash it elsewhere.
+        if (!this.cell) {
+          this.cell = this.offload.take();
+          if (this.filled > 0) this.cell.fill(0, 0, this.filled);
+        }
+        data.copy(this.cell, this.filled, at, at + n);
+        this.filled += n;
+        at += n;
+        if (this.filled === this.chunkLength(this.digests.length)) this.finishChunk();
+        continue;
+      }
       if (!this.current) {
         this.current = createHash('sha256');
         if (this.filled > 0) feedZeros(this.current, this.filled);
@@ -99,6 +138,7 @@ export class ContentHasher {
       const chunkLen = this.chunkLength(this.digests.length);
       const n = Math.min(chunkLen - this.filled, left);
       if (this.current) feedZeros(this.current, n);
+      else if (this.cell) this.cell.fill(0, this.filled, this.filled + n);
       this.filled += n;
       left -= n;
       if (this.filled === chunkLen) this.finishChunk();

@@ -88,7 +88,8 @@ export class ObjectSink implements Sink {
     this.o = options;
     this.path = `${options.store.name}/${options.key}`;
     this.headBytes = options.headBytes ?? 0;
-    this.slots = new BufferPool(options.partSize, options.concurrency + 2);
+    // Parts in flight plus the one being filled (seal() waits for room before the next is started).
+    this.slots = new BufferPool(options.partSize, options.concurrency + 1);
   }
 
   /** Size of part 1 (the part held in memory). */

@@ -25,14 +25,15 @@ import { createWriter } from '../image/writers.js';
 import { chunkSizeFor, writeChunks } from '../pipeline/convert.js';
 import { streamVirtual, type VirtualChunk } from '../pipeline/virtual-stream.js';
 import { WorkerPool } from '../pipeline/worker-pool.js';
-import { refTo } from '../pipeline/buffer-pool.js';
+import { BufferPool, refTo } from '../pipeline/buffer-pool.js';
+import type { TransferListItem } from 'node:worker_threads';
 import type { DigestResult } from '../pipeline/pool-worker.js';
 import { FileStore } from '../storage/file-store.js';
 import { parseLocation } from '../storage/location.js';
 import { openStore, type StoreOptions } from '../storage/open-store.js';
 import { multipartEtag, type ObjectStore } from '../storage/store.js';
 import { loadCheckpoint, recordPart, removeCheckpoint, sameSettings, saveCheckpoint, type SourceIdentity, type UploadCheckpoint } from './checkpoint.js';
-import { ContentHasher, type ContentDigest } from './content-hash.js';
+import { ContentHasher, MANIFEST_CHUNK, type ContentDigest } from './content-hash.js';
 import { META, writeManifest, type Manifest } from './manifest.js';
 import { ObjectSink } from './object-sink.js';
 import { RateLimiter } from './rate-limit.js';
@@ -60,7 +61,7 @@ export interface UploadOptions {
   format?: ImageFormat;
   allowBacking?: boolean;
   partSize?: number;
-  /** Parts in flight (default: 8 as-is, 4 when converting, fewer for parts above 8 MiB). */
+  /** Parts in flight (default: 6 as-is, 3 when converting, fewer for parts above 8 MiB). */
   concurrency?: number;
   /** Bytes per second (default: unlimited). */
   bandwidth?: number;
@@ -117,12 +118,20 @@ async function identity(path: string): Promise<SourceIdentity> {
   }
 }
 
-/** SHA-256 of a buffer in the shared arena, on a worker of the pool. */
+/** SHA-256 on a worker of the pool (buffers not in a shared arena are handed over). */
 function poolSha256(pool: WorkerPool): (data: Buffer) => Promise<Buffer> {
   return async (data) => {
-    const r = await pool.run<DigestResult>({ type: 'digest', input: refTo(data, []), algorithms: ['sha256'] });
+    const transfer: TransferListItem[] = [];
+    const r = await pool.run<DigestResult>({ type: 'digest', input: refTo(data, transfer), algorithms: ['sha256'] }, transfer);
     return Buffer.from(r.digests[0]!);
   };
+}
+
+/** Content hashing with chunks assembled in a small arena and hashed on the pool. */
+function offloadedHasher(total: number, pool: WorkerPool | undefined): ContentHasher {
+  if (!pool) return new ContentHasher(total);
+  const cells = new BufferPool(MANIFEST_CHUNK, 3);
+  return new ContentHasher(total, { digest: poolSha256(pool), take: () => cells.take(MANIFEST_CHUNK), give: (b) => cells.give(b) });
 }
 
 /**
@@ -227,7 +236,7 @@ async function runUpload(image: DiskImage, source: SourceIdentity, store: Object
   const p = plan(image, source.size, opts);
   const workers = opts.workers ?? availableParallelism();
   // Converting already keeps the cores busy: fewer parts in flight, less memory.
-  const concurrency = opts.concurrency ?? Math.max(2, Math.min(p.asIs ? 8 : 4, Math.floor(IN_FLIGHT_PARTS_BYTES / p.partSize)));
+  const concurrency = opts.concurrency ?? Math.max(2, Math.min(p.asIs ? 6 : 3, Math.floor(IN_FLIGHT_PARTS_BYTES / p.partSize)));
 
   // Resume what the checkpoint names, if it is the same source with the same settings.
   let held = new Map<number, string>();
@@ -298,7 +307,7 @@ async function runUpload(image: DiskImage, source: SourceIdentity, store: Object
   let outVirtual = image.virtualSize;
   try {
     if (p.asIs) {
-      const hasher = image.format === 'raw' && image.virtualSize === source.size ? new ContentHasher(source.size) : undefined;
+      const hasher = image.format === 'raw' && image.virtualSize === source.size ? offloadedHasher(source.size, pool) : undefined;
       await copyFile(source.path, sink, hasher, (pos) => {
         position = pos;
         report();
@@ -310,9 +319,9 @@ async function runUpload(image: DiskImage, source: SourceIdentity, store: Object
     } else {
       const writer = createWriter({ sink, spec: p.spec!, sourceSize: image.virtualSize });
       sink.setHeadBytes(writer.headBytes);
-      const hasher = new ContentHasher(writer.virtualSize); // the output reads as zeros past the source's end
+      const hasher = offloadedHasher(writer.virtualSize, pool); // the output reads as zeros past the source's end
       const window = opts.maxInFlightBytes ?? 8 * 1024 * 1024;
-      const stream = streamVirtual(image, { chunkSize: chunkSizeFor(writer), align: writer.unitSize, workers, heldChunks: Math.ceil(window / chunkSizeFor(writer)) + 4, maxInFlightBytes: window, ...(pool ? { pool } : {}) });
+      const stream = streamVirtual(image, { chunkSize: chunkSizeFor(writer), align: writer.unitSize, workers, heldChunks: Math.ceil(window / chunkSizeFor(writer)) + 2, maxInFlightBytes: window, ...(pool ? { pool } : {}) });
       await writeChunks(hashing(stream, hasher, pool), image.virtualSize, writer, pool, {
         maxInFlightBytes: window,
         onProgress: (pr) => {
@@ -394,7 +403,7 @@ async function runUpload(image: DiskImage, source: SourceIdentity, store: Object
 /** Copies a file's bytes into the sink in order; holes (sparse ranges) become zeros. */
 async function copyFile(path: string, sink: ObjectSink, hasher: ContentHasher | undefined, onProgress: (pos: number) => void, signal?: AbortSignal): Promise<void> {
   const src = await FileSource.open(path);
-  const piece = 8 * 1024 * 1024;
+  const piece = 4 * 1024 * 1024;
   const buf = Buffer.allocUnsafe(piece);
   try {
     const size = src.size;

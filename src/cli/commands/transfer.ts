@@ -119,7 +119,7 @@ export function registerTransferCommands(program: Command, state: RunState): voi
       .option('--exact-size', 'vpc: keep the exact virtual size')
       .option('--align-size <size>', 'round the virtual size up to a multiple of this')
       .option('--part-size <size>', 'multipart part size (default 8M, larger when needed to stay within 10,000 parts)')
-      .option('--concurrency <n>', 'parts uploaded at the same time (default 8 as-is, 4 when converting)')
+      .option('--concurrency <n>', 'parts uploaded at the same time (default 6 as-is, 3 when converting)')
       .option('--bandwidth <rate>', 'limit the upload rate: bytes/s (50M) or bits/s (400Mbit)')
       .option('--workers <n>', 'worker threads for compression and hashing (default: all cores)')
       .addOption(formatOption())
