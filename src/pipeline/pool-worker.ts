@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { parentPort, type TransferListItem } from 'node:worker_threads';
 import { fromRef, refTo, type BufRef } from './buffer-pool.js';
+import { crc64 } from '../storage/crc64.js';
 import { describeFailure, runDecodeJob, type DecodeOp } from './decode-job.js';
 import { encodeChunk, type UnitEncoding } from './encode-job.js';
 import type { PoolReply } from './worker-pool.js';
@@ -75,7 +76,13 @@ port.on('message', (job: DecodeMessage | EncodeMessage | DigestMessage | { stop:
     let result: DecodeResult | EncodeResult | DigestResult;
     if (job.type === 'digest') {
       const data = fromRef(job.input);
-      result = { input: back(job.input, transfer), digests: job.algorithms.map((a) => createHash(a).update(data).digest()) };
+      const digest = (a: string): Uint8Array => {
+        if (a !== 'crc64') return createHash(a).update(data).digest();
+        const out = Buffer.alloc(8);
+        out.writeBigUInt64BE(crc64(data));
+        return out;
+      };
+      result = { input: back(job.input, transfer), digests: job.algorithms.map(digest) };
     } else if (job.type === 'decode') {
       runDecodeJob(job.inputs.map(fromRef), job.out.length, job.ops, job.names, fromRef(job.out));
       result = { out: back(job.out, transfer), inputs: job.inputs.map((r) => back(r, transfer)) };

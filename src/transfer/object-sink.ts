@@ -22,6 +22,7 @@ import type { WorkerPool } from '../pipeline/worker-pool.js';
 import type { TransferListItem } from 'node:worker_threads';
 import type { ObjectStore } from '../storage/store.js';
 import type { RateLimiter } from './rate-limit.js';
+import { crc64 } from '../storage/crc64.js';
 
 export interface SettledPart {
   partNumber: number;
@@ -30,6 +31,8 @@ export interface SettledPart {
   size: number;
   /** False when the server already held it (resume). */
   sent: boolean;
+  /** CRC-64/XZ of the part (when asked for: COS). */
+  crc64?: bigint;
 }
 
 export interface ObjectSinkOptions {
@@ -52,6 +55,8 @@ export interface ObjectSinkOptions {
    * every part matches `held`, and do not complete again.
    */
   verifyOnly?: boolean;
+  /** Also compute each part's CRC-64 (COS checks objects with it). */
+  crc64?: boolean;
 }
 
 interface OpenPart {
@@ -193,19 +198,21 @@ export class ObjectSink implements Sink {
     return this.zero.subarray(0, length);
   }
 
-  private async md5(data: Buffer, isZero: boolean): Promise<Buffer> {
-    if (isZero) {
+  /** The part's MD5 (and CRC-64 when asked for), on the worker pool when there is one. */
+  private async digests(data: Buffer, isZero: boolean): Promise<{ md5: Buffer; crc?: bigint }> {
+    const withCrc = this.o.crc64 === true;
+    if (isZero && !withCrc) {
       let d = zeroMd5s.get(data.length);
       if (!d) zeroMd5s.set(data.length, (d = createHash('md5').update(data).digest()));
-      return d;
+      return { md5: d };
     }
-    if (!this.o.pool) return createHash('md5').update(data).digest();
+    if (!this.o.pool) return { md5: createHash('md5').update(data).digest(), ...(withCrc ? { crc: crc64(data) } : {}) };
     const transfer: TransferListItem[] = [];
     const shared = data.buffer instanceof SharedArrayBuffer;
     const input = refTo(shared ? data : Buffer.from(data), transfer);
-    const r = await this.o.pool.run<DigestResult>({ type: 'digest', input, algorithms: ['md5'] }, transfer);
+    const r = await this.o.pool.run<DigestResult>({ type: 'digest', input, algorithms: withCrc ? ['md5', 'crc64'] : ['md5'] }, transfer);
     if (!shared) void fromRef(r.input); // the copy came back; nothing to hand back
-    return Buffer.from(r.digests[0]!);
+    return { md5: Buffer.from(r.digests[0]!), ...(withCrc ? { crc: Buffer.from(r.digests[1]!).readBigUInt64BE() } : {}) };
   }
 
   /** Uploads part `p` (its first `length` bytes), waiting for room among the parts in flight. */
@@ -218,7 +225,7 @@ export class ObjectSink implements Sink {
     const data = p.buf ? p.buf.subarray(0, length) : this.zeroBuffer(length);
     const task = (async () => {
       try {
-        const md5 = await this.md5(data, !p.buf);
+        const { md5, crc } = await this.digests(data, !p.buf);
         const hex = md5.toString('hex');
         const sent = this.o.held?.get(p.number) !== hex;
         if (sent && this.o.verifyOnly) {
@@ -233,7 +240,7 @@ export class ObjectSink implements Sink {
           this.bytesSent += data.length;
         }
         this.o.onSent?.(data.length);
-        const s: SettledPart = { partNumber: p.number, md5: hex, size: data.length, sent };
+        const s: SettledPart = { partNumber: p.number, md5: hex, size: data.length, sent, ...(crc !== undefined ? { crc64: crc } : {}) };
         this.settled.push(s);
         this.o.onPart?.(s);
       } catch (err) {

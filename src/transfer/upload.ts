@@ -32,6 +32,7 @@ import { FileStore } from '../storage/file-store.js';
 import { parseLocation } from '../storage/location.js';
 import { openStore, type StoreOptions } from '../storage/open-store.js';
 import { multipartEtag, type ObjectStore } from '../storage/store.js';
+import { crc64Combine } from '../storage/crc64.js';
 import { loadCheckpoint, recordPart, removeCheckpoint, sameSettings, saveCheckpoint, type SourceIdentity, type UploadCheckpoint } from './checkpoint.js';
 import { ContentHasher, MANIFEST_CHUNK, type ContentDigest } from './content-hash.js';
 import { META, writeManifest, type Manifest } from './manifest.js';
@@ -293,6 +294,7 @@ async function runUpload(image: DiskImage, source: SourceIdentity, store: Object
     concurrency,
     held,
     verifyOnly,
+    crc64: store.name.startsWith('cos://'),
     ...(pool ? { pool } : {}),
     ...(opts.bandwidth ? { limiter: new RateLimiter(opts.bandwidth) } : {}),
     onPart: (s) => recordPart(url, s.partNumber, s.md5, s.size),
@@ -372,6 +374,17 @@ async function runUpload(image: DiskImage, source: SourceIdentity, store: Object
     throw new FerryError('CHECKSUM_MISMATCH', `${url}: the stored object (${info.size} bytes, ETag ${info.etag}) is not what was sent (${sink.objectSize} bytes, ETag ${expectedEtag})`, {
       remedy: 'Another writer replaced the object during the upload, or the server mangled it: upload again, and make sure nothing else writes this key.',
     });
+  }
+  // COS: the object's CRC-64 must be the one of the bytes sent.
+  if (info.crc64 && parts.every((x) => x.crc64 !== undefined)) {
+    let crc = parts[0]!.crc64!;
+    for (const x of parts.slice(1)) crc = crc64Combine(crc, x.crc64!, x.size);
+    if (BigInt(info.crc64) !== crc) {
+      removeCheckpoint(url);
+      throw new FerryError('CHECKSUM_MISMATCH', `${url}: the server's CRC-64 of the object (${info.crc64}) is not the one of the bytes sent (${crc})`, {
+        remedy: 'The object was damaged on its way or replaced during the upload: upload again.',
+      });
+    }
   }
   const manifest: Manifest = {
     ferry: 'manifest',
