@@ -298,6 +298,8 @@ test('wrong credentials, missing bucket, missing object, unreachable endpoint: c
   noStack(wrong);
   assert.equal(wrong.code, 8);
   assert.equal(doc(wrong).error.code, 'AUTH_FAILED');
+  const noSource = ferry({ AWS_SECRET_ACCESS_KEY: 'not-the-secret' }, 'upload', '--json', join(dir, 'no-such-image'), `s3://${BUCKET}/x`);
+  assert.equal(doc(noSource).error.code, 'FILE_NOT_FOUND', 'the local source is checked first');
   const bucket = ferry({}, 'upload', '--json', raw, 's3://no-such-bucket-here/x');
   assert.equal(bucket.code, 8);
   assert.equal(doc(bucket).error.code, 'BUCKET_NOT_FOUND');

@@ -209,12 +209,13 @@ function plan(image: DiskImage, fileSize: number, opts: UploadOptions): Plan {
 export async function uploadImage(src: string, dest: string, opts: UploadOptions = {}): Promise<UploadResult> {
   const started = process.hrtime.bigint();
   const loc = parseLocation(dest);
-  const store = openStore(loc, { maxSockets: (opts.concurrency ?? 8) + 4, ...opts.store });
+  // The source first (local, cheap), then the store: credentials and bucket, before any work.
+  const image = await openImage(src, { ...(opts.format ? { format: opts.format } : {}), ...(opts.allowBacking ? { allowBacking: true } : {}) });
   try {
-    if (store instanceof FileStore) await store.ensure();
-    await store.probe(); // credentials and bucket, before any work
-    const image = await openImage(src, { ...(opts.format ? { format: opts.format } : {}), ...(opts.allowBacking ? { allowBacking: true } : {}) });
+    const store = openStore(loc, { maxSockets: (opts.concurrency ?? 8) + 4, ...opts.store });
     try {
+      if (store instanceof FileStore) await store.ensure();
+      await store.probe();
       const source = await identity(src);
       try {
         return await runUpload(image, source, store, loc.key, loc.url, opts, started);
@@ -223,10 +224,10 @@ export async function uploadImage(src: string, dest: string, opts: UploadOptions
         throw err;
       }
     } finally {
-      await image.close();
+      store.close();
     }
   } finally {
-    store.close();
+    await image.close();
   }
 }
 
