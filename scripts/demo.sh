@@ -3,7 +3,8 @@
 # files), exports it the way hypervisors do (qcow2, VHD, VMDK with qemu-img), has Ferry inspect and
 # check every image, converts the disk with Ferry into the formats clouds import (compressed qcow2,
 # Azure-style fixed VHD, streamOptimized VMDK), uploads one to the embedded object store (a local
-# directory) converting on the fly, reads it back, and verifies that every image holds exactly the
+# directory) converting on the fly, reads it back, imports it onto a target disk (a file) — the
+# offline migration — and verifies that every image holds exactly the
 # original disk (SHA-256 of the content, the upload's manifest, and qemu-img as an independent
 # reader).
 set -euo pipefail
@@ -73,6 +74,10 @@ ferry verify "$store/disk.qcow2"
 echo "== ferry download, then the downloaded image against the original disk"
 ferry download "$store/disk.qcow2" "$work/downloaded.qcow2"
 verify "$work/downloaded.qcow2" "downloaded.qcow2"
+echo "== ferry import: the object onto a target disk (a raw file here; a block device works the same)"
+ferry import "$store/disk.qcow2" --target "$work/target-disk.raw"
+verify "$work/target-disk.raw" "target-disk.raw"
+if cmp -s "$work/disk.raw" "$work/target-disk.raw"; then echo "   cmp: the target disk is byte-identical to the original disk"; else echo "   cmp: DIFFERENT"; fail=1; fi
 
 echo
 echo "== a file that is not a supported image is named, with a remedy:"

@@ -6,6 +6,7 @@ import { toolVersion } from '../version.js';
 import { FerryError, ExitCode } from '../errors.js';
 import { registerImageCommands } from './commands/image.js';
 import { registerTransferCommands } from './commands/transfer.js';
+import { registerImportCommand } from './commands/import.js';
 import { asFerryError, printError } from './output.js';
 
 
@@ -26,6 +27,7 @@ export function buildProgram(state: RunState): Command {
     });
   registerImageCommands(program, state);
   registerTransferCommands(program, state);
+  registerImportCommand(program, state);
   return program;
 }
 

@@ -46,6 +46,12 @@ export interface ConvertOptions {
   onProgress?: (p: ConvertProgress) => void;
   /** Aborting stops the conversion with INTERRUPTED and removes the partial output. */
   signal?: AbortSignal;
+  /** A worker pool to use (shared with the caller; not closed here). */
+  pool?: WorkerPool;
+  /** Sees (and may wrap) the source chunks on their way to the writer, e.g. to hash them. */
+  wrapStream?: (chunks: AsyncGenerator<VirtualChunk>) => AsyncGenerator<VirtualChunk>;
+  /** Runs after the output is complete and before it is committed: throwing discards it. */
+  beforeCommit?: () => Promise<void>;
 }
 
 export interface ConvertResult {
@@ -102,11 +108,12 @@ export async function convertImage(image: DiskImage, dst: string, spec: WriteSpe
   try {
     const writer = createWriter({ sink, spec, sourceSize: image.virtualSize });
     if (writer.encoding.codec === 'none' && !sink.isBlockDevice) await preflightSpace(image, sink);
-    const workers = opts.workers ?? availableParallelism();
-    pool = workers > 0 ? new WorkerPool(workers) : undefined;
-    const stats = await pump(image, writer, pool, workers, opts);
+    const workers = opts.pool ? opts.pool.size : (opts.workers ?? availableParallelism());
+    if (!opts.pool) pool = workers > 0 ? new WorkerPool(workers) : undefined;
+    const stats = await pump(image, writer, opts.pool ?? pool, workers, opts);
     const summary = await writer.finish();
     if (opts.signal?.aborted) throw interrupted();
+    await opts.beforeCommit?.();
     await sink.commit();
     return {
       source: { image: image.name, format: image.format, virtualSize: image.virtualSize },
@@ -146,7 +153,7 @@ async function pump(image: DiskImage, writer: ImageWriter, pool: WorkerPool | un
   const window = opts.maxInFlightBytes ?? DEFAULT_IN_FLIGHT;
   const heldChunks = Math.ceil(window / chunkSizeFor(writer)) + 4;
   const stream = streamVirtual(image, { chunkSize: chunkSizeFor(writer), align: writer.unitSize, workers, heldChunks, maxInFlightBytes: window, ...(pool ? { pool } : {}) });
-  return writeChunks(stream, image.virtualSize, writer, pool, opts);
+  return writeChunks(opts.wrapStream ? opts.wrapStream(stream) : stream, image.virtualSize, writer, pool, opts);
 }
 
 /**

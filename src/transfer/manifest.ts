@@ -5,7 +5,7 @@
 // data, and an object's ETag says nothing about the disk inside it.
 import { FerryError } from '../errors.js';
 import { manifestKey } from '../storage/location.js';
-import type { ObjectStore } from '../storage/store.js';
+import type { ObjectInfo, ObjectStore } from '../storage/store.js';
 import type { ContentDigest } from './content-hash.js';
 
 export interface Manifest {
@@ -54,6 +54,24 @@ export async function readManifest(store: ObjectStore, key: string): Promise<Man
   }
   if (m?.ferry !== 'manifest' || m.version !== 1 || !m.object || !m.content || !Array.isArray(m.content.chunks)) throw badManifest(store, mkey, 'it is not a Ferry manifest of version 1');
   return m;
+}
+
+/**
+ * Checks an object's size and ETag against its manifest: UPLOAD_INCOMPLETE when the size differs
+ * (truncated or replaced), CHECKSUM_MISMATCH when the ETag does (replaced after the upload).
+ */
+export function checkObjectAgainstManifest(url: string, info: ObjectInfo, m: Manifest): void {
+  if (info.size !== m.object.size) {
+    throw new FerryError('UPLOAD_INCOMPLETE', `${url}: the object is ${info.size} bytes, but the upload recorded ${m.object.size}`, {
+      remedy: 'The object is truncated or was replaced after the upload: upload the image again.',
+      details: { size: info.size, expected: m.object.size },
+    });
+  }
+  if (info.etag && m.object.etag && info.etag !== m.object.etag) {
+    throw new FerryError('CHECKSUM_MISMATCH', `${url}: the object's ETag ${info.etag} is not the one the upload recorded (${m.object.etag})`, {
+      remedy: 'The object was replaced after the upload: upload the image again.',
+    });
+  }
 }
 
 function badManifest(store: ObjectStore, key: string, why: string): FerryError {

@@ -23,18 +23,16 @@ import type { DiskImage, ImageFormat } from '../image/types.js';
 import type { CompressionCodec, WriteSpec } from '../image/writer.js';
 import { createWriter } from '../image/writers.js';
 import { chunkSizeFor, writeChunks } from '../pipeline/convert.js';
-import { streamVirtual, type VirtualChunk } from '../pipeline/virtual-stream.js';
+import { streamVirtual } from '../pipeline/virtual-stream.js';
 import { WorkerPool } from '../pipeline/worker-pool.js';
-import { BufferPool, refTo } from '../pipeline/buffer-pool.js';
-import type { TransferListItem } from 'node:worker_threads';
-import type { DigestResult } from '../pipeline/pool-worker.js';
 import { FileStore } from '../storage/file-store.js';
 import { parseLocation } from '../storage/location.js';
 import { openStore, type StoreOptions } from '../storage/open-store.js';
 import { multipartEtag, type ObjectStore } from '../storage/store.js';
 import { crc64Combine } from '../storage/crc64.js';
 import { loadCheckpoint, recordPart, removeCheckpoint, sameSettings, saveCheckpoint, type SourceIdentity, type UploadCheckpoint } from './checkpoint.js';
-import { ContentHasher, MANIFEST_CHUNK, type ContentDigest } from './content-hash.js';
+import { ContentHasher, type ContentDigest } from './content-hash.js';
+import { hashing, offloadedHasher } from './content-hash-pool.js';
 import { META, writeManifest, type Manifest } from './manifest.js';
 import { ObjectSink } from './object-sink.js';
 import { RateLimiter } from './rate-limit.js';
@@ -116,42 +114,6 @@ async function identity(path: string): Promise<SourceIdentity> {
     return { path: await realpath(path), size: st.size, mtimeMs: st.mtimeMs, ino: st.ino };
   } catch (err) {
     throw fromSystemError(err, path);
-  }
-}
-
-/** SHA-256 on a worker of the pool (buffers not in a shared arena are handed over). */
-function poolSha256(pool: WorkerPool): (data: Buffer) => Promise<Buffer> {
-  return async (data) => {
-    const transfer: TransferListItem[] = [];
-    const r = await pool.run<DigestResult>({ type: 'digest', input: refTo(data, transfer), algorithms: ['sha256'] }, transfer);
-    return Buffer.from(r.digests[0]!);
-  };
-}
-
-/** Content hashing with chunks assembled in a small arena and hashed on the pool. */
-function offloadedHasher(total: number, pool: WorkerPool | undefined): ContentHasher {
-  if (!pool) return new ContentHasher(total);
-  const cells = new BufferPool(MANIFEST_CHUNK, 3);
-  return new ContentHasher(total, { digest: poolSha256(pool), take: () => cells.take(MANIFEST_CHUNK), give: (b) => cells.give(b) });
-}
-
-/**
- * Hashes the virtual content of the chunks on their way to the writer. Whole 4 MiB chunks in the
- * shared arena are hashed on the pool, in parallel with their encoding (both only read them); the
- * chunk goes back to the stream's buffers only once both are done.
- */
-async function* hashing(chunks: AsyncGenerator<VirtualChunk>, hasher: ContentHasher, pool: WorkerPool | undefined): AsyncGenerator<VirtualChunk> {
-  const digest = pool ? poolSha256(pool) : undefined;
-  for await (const c of chunks) {
-    if (c.data) {
-      const data = c.data.length === c.length ? c.data : c.data.subarray(0, c.length);
-      const pending = digest && data.buffer instanceof SharedArrayBuffer ? hasher.dataAsync(c.offset, data, digest) : (hasher.data(c.offset, data), undefined);
-      if (pending && c.release) {
-        const release = c.release;
-        c.release = (returned) => void pending.finally(() => release(returned)).catch(() => {});
-      }
-    } else hasher.zeros(c.offset, c.length);
-    yield c;
   }
 }
 

@@ -10,7 +10,7 @@ import { parseLocation } from '../storage/location.js';
 import { ObjectSource } from '../storage/object-source.js';
 import { openStore, type StoreOptions } from '../storage/open-store.js';
 import { ContentHasher } from './content-hash.js';
-import { readManifest } from './manifest.js';
+import { checkObjectAgainstManifest, readManifest } from './manifest.js';
 
 export interface VerifyResult {
   object: string;
@@ -36,17 +36,7 @@ export async function verifyObject(url: string, opts: { store?: StoreOptions; on
         remedy: 'Objects uploaded with `ferry upload` have one; for others, upload again with Ferry, or compare with the source using `ferry image checksum`.',
       });
     }
-    if (info.size !== m.object.size) {
-      throw new FerryError('UPLOAD_INCOMPLETE', `${loc.url}: the object is ${info.size} bytes, its manifest records ${m.object.size}`, {
-        remedy: 'The object is incomplete or was replaced: upload the image again.',
-        details: { size: info.size, expected: m.object.size },
-      });
-    }
-    if (info.etag && m.object.etag && info.etag !== m.object.etag) {
-      throw new FerryError('CHECKSUM_MISMATCH', `${loc.url}: the object's ETag ${info.etag} is not the one recorded at upload (${m.object.etag})`, {
-        remedy: 'The object was replaced after the upload: upload the image again.',
-      });
-    }
+    checkObjectAgainstManifest(loc.url, info, m);
     const src = new ObjectSource(store, loc.key, info.size);
     const image = await openImageSource(src, { format: m.image.format as ImageFormat });
     try {

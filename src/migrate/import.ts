@@ -1,0 +1,177 @@
+// `ferry import`: puts an image — an object in storage (s3://, cos://, file://) or a local file —
+// onto a target disk (a raw file, created sparse, or a block device), streaming: range reads with
+// readahead from the store, decoding on the fly, zero ranges skipped, no temporary copy.
+//
+// Preflight, before any byte is written, each failure with its own code: the object exists and is
+// complete (size and ETag against the manifest the upload stored), the format is supported (an
+// unsupported one is named: "VHDX is not VHD"), the image's structure is sound (Ferry's check,
+// through range reads), the target is usable (exists or can be created, writable, large enough,
+// not mounted or held by another program). Then the copy, hashing the content as it goes; with a
+// manifest the digest must match (CHECKSUM_MISMATCH names the first damaged 4 MiB chunk, and a
+// file target is discarded); without one, --verify re-reads the target and compares.
+//
+// Example:
+//   await importImage('s3://images/disk.qcow2', '/dev/vdb');
+import { availableParallelism } from 'node:os';
+import { FerryError } from '../errors.js';
+import { checkImage } from '../image/inspect.js';
+import { openImage, openImageSource } from '../image/open.js';
+import type { DiskImage, ImageFormat } from '../image/types.js';
+import { compareImages } from '../pipeline/compare.js';
+import { convertImage } from '../pipeline/convert.js';
+import { WorkerPool } from '../pipeline/worker-pool.js';
+import { isObjectUrl, parseLocation } from '../storage/location.js';
+import { ObjectSource } from '../storage/object-source.js';
+import { openStore, type StoreOptions } from '../storage/open-store.js';
+import type { ObjectStore } from '../storage/store.js';
+import { hashing, offloadedHasher } from '../transfer/content-hash-pool.js';
+import type { ContentHasher } from '../transfer/content-hash.js';
+import { checkObjectAgainstManifest, readManifest, type Manifest } from '../transfer/manifest.js';
+
+export interface ImportOptions {
+  /** Source format (default: detected from the content). */
+  format?: ImageFormat;
+  /** Without a manifest: re-read the target afterwards and compare it with the source. */
+  verify?: boolean;
+  /** Replace an existing target file. */
+  overwrite?: boolean;
+  store?: StoreOptions;
+  workers?: number;
+  onProgress?: (p: { position: number; total: number }) => void;
+  signal?: AbortSignal;
+}
+
+export interface ImportResult {
+  source: string;
+  target: string;
+  format: string;
+  virtualSize: number;
+  /** Source data bytes read (zero ranges are not read). */
+  dataBytes: number;
+  /** Bytes fetched from the store (objects). */
+  bytesFetched?: number;
+  verified: 'manifest' | 'reread' | 'none';
+  digest?: string;
+  seconds: number;
+}
+
+interface Opened {
+  image: DiskImage;
+  manifest: Manifest | undefined;
+  objectSource?: ObjectSource;
+  store?: ObjectStore;
+}
+
+/** Opens the source and runs the source-side preflight. */
+async function openSource(source: string, opts: ImportOptions): Promise<Opened> {
+  if (!isObjectUrl(source)) {
+    const image = await openImage(source, opts.format ? { format: opts.format } : {});
+    return { image, manifest: undefined };
+  }
+  const loc = parseLocation(source);
+  const store = openStore(loc, opts.store ?? {});
+  try {
+    const info = await store.head(loc.key);
+    if (!info) {
+      throw new FerryError('OBJECT_NOT_FOUND', `${loc.url}: no such object`, {
+        remedy: 'Check the key (keys are case-sensitive); if the upload did not finish, run `ferry upload` again (it resumes).',
+      });
+    }
+    const manifest = await readManifest(store, loc.key);
+    if (manifest) checkObjectAgainstManifest(loc.url, info, manifest);
+    const src = new ObjectSource(store, loc.key, info.size);
+    const format = opts.format ?? (manifest?.image.format as ImageFormat | undefined);
+    const image = await openImageSource(src, format ? { format } : {});
+    if (manifest && image.virtualSize !== manifest.image.virtualSize) {
+      await image.close();
+      throw new FerryError('CHECKSUM_MISMATCH', `${loc.url}: the image's virtual size is ${image.virtualSize}, the manifest records ${manifest.image.virtualSize}`, {
+        remedy: 'The object does not hold the uploaded disk: upload it again.',
+      });
+    }
+    return { image, manifest, objectSource: src, store };
+  } catch (err) {
+    store.close();
+    throw err;
+  }
+}
+
+/** The first problem of a damaged image as an error (the import stops before writing). */
+async function preflightStructure(image: DiskImage): Promise<void> {
+  const doc = await checkImage(image, { deep: false });
+  if (doc.verdict === 'corrupt') {
+    const first = doc.problems[0];
+    throw new FerryError('IMAGE_CORRUPT', `${image.name}: the image is damaged: ${first?.message ?? 'structure check failed'} (${doc.problems.length} problem(s))`, {
+      remedy: 'The upload or the export is damaged: run `ferry image check` on the original image, then upload it again.',
+      details: { problems: doc.problems.slice(0, 10) },
+    });
+  }
+}
+
+export async function importImage(source: string, target: string, opts: ImportOptions = {}): Promise<ImportResult> {
+  const started = process.hrtime.bigint();
+  const opened = await openSource(source, opts);
+  const { image, manifest } = opened;
+  const workers = opts.workers ?? availableParallelism();
+  const pool = workers > 0 ? new WorkerPool(workers) : undefined;
+  try {
+    await preflightStructure(image);
+    let hasher: ContentHasher | undefined;
+    const check = async () => {
+      if (!manifest || !hasher) return;
+      const r = await hasher.result();
+      if (r.digest !== manifest.content.digest) {
+        const bad = r.chunks.findIndex((h, i) => h !== manifest.content.chunks[i]);
+        throw new FerryError('CHECKSUM_MISMATCH', `${source}: the disk content differs from what was uploaded, first in chunk ${bad} (virtual bytes ${bad * r.chunkSize}..${(bad + 1) * r.chunkSize}); the target was not kept`, {
+          remedy: 'The object was damaged in storage or in transit: upload the image again from its source, then import again.',
+          details: { chunk: bad, offset: bad * r.chunkSize },
+        });
+      }
+    };
+    const result = await convertImage(image, target, { format: 'raw' }, {
+      ...(opts.overwrite ? { overwrite: true } : {}),
+      ...(pool ? { pool } : { workers: 0 }),
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      ...(opts.onProgress ? { onProgress: (p) => opts.onProgress!({ position: p.position, total: p.total }) } : {}),
+      ...(manifest
+        ? {
+            wrapStream: (chunks) => {
+              hasher = offloadedHasher(manifest.content.chunks.length > 0 ? manifest.image.virtualSize : image.virtualSize, pool);
+              return hashing(chunks, hasher, pool);
+            },
+            beforeCommit: check,
+          }
+        : {}),
+    });
+    let verified: ImportResult['verified'] = manifest ? 'manifest' : 'none';
+    if (!manifest && opts.verify) {
+      const written = await openImage(target, { format: 'raw' });
+      try {
+        const cmp = await compareImages(image, written);
+        if (!cmp.identical) {
+          throw new FerryError('CHECKSUM_MISMATCH', `${target}: the target differs from the source${cmp.firstDifference !== undefined ? ` at byte ${cmp.firstDifference}` : ''}`, {
+            remedy: 'The target disk did not keep what was written (a failing device?): check the device and import again.',
+            details: { offset: cmp.firstDifference },
+          });
+        }
+      } finally {
+        await written.close();
+      }
+      verified = 'reread';
+    }
+    return {
+      source,
+      target,
+      format: image.format,
+      virtualSize: image.virtualSize,
+      dataBytes: result.dataBytes,
+      ...(opened.objectSource ? { bytesFetched: opened.objectSource.stats.bytesFetched } : {}),
+      verified,
+      ...(manifest ? { digest: manifest.content.digest } : {}),
+      seconds: Number(process.hrtime.bigint() - started) / 1e9,
+    };
+  } finally {
+    await pool?.close();
+    await image.close();
+    opened.store?.close();
+  }
+}

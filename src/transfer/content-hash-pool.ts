@@ -1,0 +1,46 @@
+// The content digest (content-hash.ts) computed on the worker pool while a pipeline runs: chunks
+// are assembled in a small shared arena (or handed over as they are when one stream chunk is one
+// digest chunk) and hashed by the pool's workers, so the thread that drives the pipeline only
+// copies.
+import type { TransferListItem } from 'node:worker_threads';
+import { BufferPool, refTo } from '../pipeline/buffer-pool.js';
+import type { DigestResult } from '../pipeline/pool-worker.js';
+import type { VirtualChunk } from '../pipeline/virtual-stream.js';
+import type { WorkerPool } from '../pipeline/worker-pool.js';
+import { ContentHasher, MANIFEST_CHUNK } from './content-hash.js';
+
+/** SHA-256 on a worker of the pool (buffers not in a shared arena are handed over). */
+function poolSha256(pool: WorkerPool): (data: Buffer) => Promise<Buffer> {
+  return async (data) => {
+    const transfer: TransferListItem[] = [];
+    const r = await pool.run<DigestResult>({ type: 'digest', input: refTo(data, transfer), algorithms: ['sha256'] }, transfer);
+    return Buffer.from(r.digests[0]!);
+  };
+}
+
+/** Content hashing with chunks assembled in a small arena and hashed on the pool. */
+export function offloadedHasher(total: number, pool: WorkerPool | undefined): ContentHasher {
+  if (!pool) return new ContentHasher(total);
+  const cells = new BufferPool(MANIFEST_CHUNK, 3);
+  return new ContentHasher(total, { digest: poolSha256(pool), take: () => cells.take(MANIFEST_CHUNK), give: (b) => cells.give(b) });
+}
+
+/**
+ * Hashes the virtual content of the chunks on their way to the writer. Whole 4 MiB chunks in the
+ * shared arena are hashed on the pool, in parallel with their encoding (both only read them); the
+ * chunk goes back to the stream's buffers only once both are done.
+ */
+export async function* hashing(chunks: AsyncGenerator<VirtualChunk>, hasher: ContentHasher, pool: WorkerPool | undefined): AsyncGenerator<VirtualChunk> {
+  const digest = pool ? poolSha256(pool) : undefined;
+  for await (const c of chunks) {
+    if (c.data) {
+      const data = c.data.length === c.length ? c.data : c.data.subarray(0, c.length);
+      const pending = digest && data.buffer instanceof SharedArrayBuffer ? hasher.dataAsync(c.offset, data, digest) : (hasher.data(c.offset, data), undefined);
+      if (pending && c.release) {
+        const release = c.release;
+        c.release = (returned) => void pending.finally(() => release(returned)).catch(() => {});
+      }
+    } else hasher.zeros(c.offset, c.length);
+    yield c;
+  }
+}
