@@ -115,9 +115,12 @@ test('images of each format, uploaded by Ferry, import bit-identical onto a file
     rmSync(target);
   }
   const dev = loopDevice('dev.img', 48 * MiB);
-  const r = ferry({}, 'import', '--json', `s3://${BUCKET}/qcow2-zstd`, '--target', dev);
-  assert.equal(r.code, 0, r.stdout + r.stderr);
-  assert.equal(sha(readDevice(dev, 40 * MiB)), want, 'block device differs');
+  for (const key of ['raw', 'vhd', 'vmdk', 'qcow2-zstd']) {
+    writeFileSync(dev, Buffer.alloc(48 * MiB, 0xee)); // stale bytes the import must overwrite
+    const r = ferry({}, 'import', '--json', `s3://${BUCKET}/${key}`, '--target', dev);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.equal(sha(readDevice(dev, 40 * MiB)), want, `${key}: block device differs`);
+  }
   const local = ferry({}, 'import', '--json', '--verify', join(dir, 'disk.vmdk'), '--target', join(dir, 'from-local.raw'));
   assert.equal(local.code, 0, local.stdout + local.stderr);
   assert.equal((JSON.parse(local.stdout) as { verified: string }).verified, 'reread');
