@@ -12,45 +12,18 @@
 //     bench/out/upload-results.json.
 //
 //   npx tsc -p tsconfig.json && node dist/bench/upload.js [--runs N]
-import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { describeBuild, ensureImages, exec, FERRY, median, mustExec, OUT, parseBenchArgs, RAW, ROOT, sleep, table, timedExec, warnIfBusy } from './lib.js';
+import { describeBuild, ensureImages, exec, FERRY, median, OUT, parseBenchArgs, RAW, table, timedExec, warnIfBusy } from './lib.js';
+import { AWS, BUCKET, deleteKeys, ENDPOINT, need, objectSize, startServer } from './s3.js';
 
-const AWS = '/usr/bin/aws'; // Debian's awscli (a pyenv shim may come first on PATH)
-const BUCKET = 'ferry-bench';
-const SERVER_DIR = join(OUT, 's3-server');
 const SCRATCH = join(OUT, 'upload-tmp');
-const PORT = 18380;
-const ENDPOINT = `http://127.0.0.1:${PORT}`;
 
 interface Run {
   wall: number;
   cpu: number;
   maxRssKiB: number;
   bytesSent: number;
-}
-
-function need(cmd: string, pkg: string): void {
-  if (!existsSync(cmd)) throw new Error(`${cmd} is missing: apt-get install -y ${pkg}`);
-}
-
-async function awsCli(...args: string[]) {
-  return mustExec(AWS, ['--endpoint-url', ENDPOINT, ...args]);
-}
-
-async function deleteKeys(keys: string[]): Promise<void> {
-  for (const k of keys) {
-    await exec(AWS, ['--endpoint-url', ENDPOINT, 's3', 'rm', '--only-show-errors', `s3://${BUCKET}/${k}`]);
-    await exec(AWS, ['--endpoint-url', ENDPOINT, 's3', 'rm', '--only-show-errors', `s3://${BUCKET}/${k}.ferry.json`]);
-  }
-  await sleep(1000);
-}
-
-async function objectSize(key: string): Promise<number> {
-  const p = await awsCli('s3api', 'head-object', '--bucket', BUCKET, '--key', key);
-  return (JSON.parse(p.stdout) as { ContentLength: number }).ContentLength;
 }
 
 async function ferryUpload(key: string, extra: string[]): Promise<Run> {
@@ -98,36 +71,8 @@ async function main(): Promise<void> {
   const build = await ensureImages();
   console.log(describeBuild(build));
   await mkdir(SCRATCH, { recursive: true });
-  await rm(SERVER_DIR, { recursive: true, force: true });
-  const script = join(ROOT, 'scripts', 's3-server.sh');
-  const stop = () => {
-    try {
-      execFileSync('bash', [script, 'stop', SERVER_DIR], { stdio: 'inherit' });
-    } catch {
-      // best effort
-    }
-  };
-  process.once('SIGINT', () => {
-    stop();
-    process.exit(130);
-  });
-  execFileSync('bash', [script, 'start', SERVER_DIR, String(PORT)], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const stop = await startServer(join(SCRATCH, 'state'));
   try {
-    Object.assign(process.env, {
-      AWS_ACCESS_KEY_ID: 'test:tester',
-      AWS_SECRET_ACCESS_KEY: 'testing',
-      AWS_REGION: 'us-east-1',
-      AWS_ENDPOINT_URL: ENDPOINT,
-      FERRY_STATE_DIR: join(SCRATCH, 'state'),
-      RCLONE_CONFIG_BENCH_TYPE: 's3',
-      RCLONE_CONFIG_BENCH_PROVIDER: 'Other',
-      RCLONE_CONFIG_BENCH_ENDPOINT: ENDPOINT,
-      RCLONE_CONFIG_BENCH_ACCESS_KEY_ID: 'test:tester',
-      RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY: 'testing',
-      RCLONE_CONFIG_BENCH_REGION: 'us-east-1',
-    });
-    delete process.env.AWS_CA_BUNDLE;
-    await awsCli('s3', 'mb', `s3://${BUCKET}`);
     const busy = await warnIfBusy();
     const res: Record<string, Run[]> = { ferryRaw: [], aws: [], rclone: [], ferryZstd: [], manual: [] };
     for (let i = 0; i < args.runs; i++) {
@@ -169,8 +114,7 @@ async function main(): Promise<void> {
     console.log(table(['case', 'wall s', 'cpu s', 'peak MiB', 'GB sent', 'ratio', 'target', ''], rows));
     await writeFile(join(OUT, 'upload-results.json'), JSON.stringify({ runs: args.runs, results: s, raw: res }, null, 1));
   } finally {
-    stop();
-    await rm(SERVER_DIR, { recursive: true, force: true });
+    await stop();
   }
 }
 

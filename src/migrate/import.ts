@@ -48,8 +48,9 @@ export interface ImportResult {
   virtualSize: number;
   /** Source data bytes read (zero ranges are not read). */
   dataBytes: number;
-  /** Bytes fetched from the store (objects). */
+  /** Bytes fetched from the store (objects), and the range requests it took. */
   bytesFetched?: number;
+  requests?: number;
   verified: 'manifest' | 'reread' | 'none';
   digest?: string;
   seconds: number;
@@ -164,7 +165,7 @@ export async function importImage(source: string, target: string, opts: ImportOp
       format: image.format,
       virtualSize: image.virtualSize,
       dataBytes: result.dataBytes,
-      ...(opened.objectSource ? { bytesFetched: opened.objectSource.stats.bytesFetched } : {}),
+      ...(opened.objectSource ? { bytesFetched: opened.objectSource.stats.bytesFetched, requests: opened.objectSource.stats.requests } : {}),
       verified,
       ...(manifest ? { digest: manifest.content.digest } : {}),
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
