@@ -10,7 +10,7 @@ import type { ObjectStore } from './store.js';
 const BLOCK = 256 * 1024;
 const RUN_BLOCKS = 32; // one request fetches at most 8 MiB
 const MAX_WINDOW_BLOCKS = 128; // readahead up to 32 MiB
-const CACHE_BLOCKS = 384; // 96 MiB
+const CACHE_BLOCKS = 192; // 48 MiB: the readahead window (32 MiB) and recent metadata
 
 export interface ObjectSourceStats {
   requests: number;
