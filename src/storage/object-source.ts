@@ -24,6 +24,8 @@ export class ObjectSource implements ByteSource {
   private window = 0;
   /** Bytes read sequentially since the last jump (readahead starts after 1 MiB of them). */
   private sequential = 0;
+  /** Highest block requested so far by readahead. */
+  private requestedUpTo = -1;
   readonly stats: ObjectSourceStats = { requests: 0, bytesFetched: 0 };
 
   constructor(
@@ -109,7 +111,17 @@ export class ObjectSource implements ByteSource {
     else this.sequential = end - position;
     if (this.sequential >= 1024 * 1024) this.window = Math.min(MAX_WINDOW_BLOCKS, Math.max(RUN_BLOCKS / 4, this.window * 2));
     else this.window = 0;
-    this.ensure(first, Math.min(this.blocks() - 1, last + this.window));
+    this.ensure(first, last);
+    // Readahead in large runs: top the window up only when less than half of it is requested
+    // ahead, so each request fetches up to RUN_BLOCKS blocks (fewer, larger range requests).
+    if (this.window > 0 && this.requestedUpTo - last < this.window / 2) {
+      const from = Math.max(last + 1, this.requestedUpTo + 1);
+      const to = Math.min(this.blocks() - 1, last + this.window);
+      if (from <= to) {
+        this.ensure(from, to);
+        this.requestedUpTo = to;
+      }
+    }
     // Take the blocks' promises now: concurrent reads may evict them from the cache meanwhile.
     const wanted: Promise<Buffer>[] = [];
     for (let b = first; b <= last; b++) {
