@@ -374,3 +374,15 @@ test('download onto a full disk fails with TARGET_NO_SPACE and leaves nothing be
     execFileSync('umount', [mnt]);
   }
 });
+
+test('--bandwidth limits the upload rate (a 12 MiB upload at 4 MB/s cannot finish in under 2 s)', () => {
+  const src = join(dir, 'rate.raw');
+  writeFileSync(src, randomBytes(12 << 20));
+  const started = Date.now();
+  const r = ferry({}, 'upload', '--json', src, `file://${join(dir, 'rate-store')}/rate.raw`, '--bandwidth', '4M', '--part-size', '5M');
+  const seconds = (Date.now() - started) / 1000;
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  // The token bucket allows one second of burst: 12 MiB at 4 MB/s needs at least ~2.1 s.
+  assert.ok(seconds >= 2, `took only ${seconds} s`);
+  console.log(`# 12 MiB with --bandwidth 4M: ${seconds.toFixed(1)} s`);
+});
