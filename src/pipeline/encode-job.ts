@@ -4,6 +4,9 @@
 // outputs) or on the calling thread (uncompressed outputs), with the same result either way.
 import { constants as zc, deflateRawSync, deflateSync } from 'node:zlib';
 import { createRequire } from 'node:module';
+import { isAllZero } from '../io/zero.js';
+
+export { isAllZero };
 
 const require = createRequire(import.meta.url);
 const zstd = require('zstd-napi/binding.js') as typeof import('zstd-napi/binding.js');
@@ -35,18 +38,6 @@ export interface EncodedChunk {
   out: Buffer;
 }
 export const UNIT_FIELDS = 5;
-
-/** Largest unit: qcow2's 2 MiB clusters. */
-const ZERO = Buffer.alloc(2 * 1024 * 1024);
-
-/** True when every byte of `buf` is zero (memcmp against a zero page, no JS loop). */
-export function isAllZero(buf: Buffer): boolean {
-  for (let at = 0; at < buf.length; at += ZERO.length) {
-    const n = Math.min(ZERO.length, buf.length - at);
-    if (!buf.subarray(at, at + n).equals(n === ZERO.length ? ZERO : ZERO.subarray(0, n))) return false;
-  }
-  return true;
-}
 
 let zstdCtx: InstanceType<typeof zstd.CCtx> | undefined;
 let probeCtx: InstanceType<typeof zstd.CCtx> | undefined;

@@ -8,6 +8,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FerryError, fromSystemError } from '../errors.js';
+import { isAllZero } from '../io/zero.js';
 import { multipartEtag, type ObjectInfo, type ObjectStore, type PartInfo, type UploadInfo } from './store.js';
 
 const UPLOADS = '.ferry-uploads';
@@ -26,16 +27,6 @@ interface StoredMeta {
 }
 
 const md5 = (b: Buffer) => createHash('md5').update(b).digest();
-
-function isZero(buf: Buffer): boolean {
-  const step = 64 * 1024;
-  const zero = Buffer.alloc(Math.min(step, buf.length));
-  for (let i = 0; i < buf.length; i += step) {
-    const n = Math.min(step, buf.length - i);
-    if (buf.compare(zero, 0, n, i, i + n) !== 0) return false;
-  }
-  return true;
-}
 
 export class FileStore implements ObjectStore {
   readonly name: string;
@@ -163,7 +154,7 @@ export class FileStore implements ObjectStore {
     const dir = this.uploadDir(uploadId);
     const fh = await open(join(dir, 'data'), 'r+');
     try {
-      if (!isZero(body)) await fh.write(body, 0, body.length, (partNumber - 1) * meta.partSize);
+      if (!isAllZero(body)) await fh.write(body, 0, body.length, (partNumber - 1) * meta.partSize);
     } catch (err) {
       throw fromSystemError(err, join(dir, 'data'));
     } finally {

@@ -10,6 +10,7 @@
 import { createHash } from 'node:crypto';
 import { dirname } from 'node:path';
 import { FerryError } from '../errors.js';
+import { isAllZero } from '../io/zero.js';
 import { freeSpace, openSink } from '../io/sink.js';
 import { openImage } from '../image/open.js';
 import { streamVirtual } from '../pipeline/virtual-stream.js';
@@ -40,15 +41,6 @@ export interface DownloadResult {
 }
 
 const PIECE = 16 * 1024 * 1024;
-
-function isZero(buf: Buffer): boolean {
-  const zero = Buffer.alloc(Math.min(buf.length, 65536));
-  for (let i = 0; i < buf.length; i += zero.length) {
-    const n = Math.min(zero.length, buf.length - i);
-    if (buf.compare(zero, 0, n, i, i + n) !== 0) return false;
-  }
-  return true;
-}
 
 /** The ranges to fetch: the manifest's parts (each checkable by MD5), else 16 MiB pieces. */
 function ranges(size: number, m: Manifest | undefined): { offset: number; length: number; md5?: string; part?: number }[] {
@@ -115,7 +107,7 @@ export async function downloadObject(src: string, dest: string, opts: DownloadOp
               details: { part: r.part, offset: r.offset, length: r.length },
             });
           }
-          if (!isZero(buf)) await sink.write(buf, r.offset);
+          if (!isAllZero(buf)) await sink.write(buf, r.offset);
           if (whole) {
             fetched.set(i, buf);
             while (fetched.has(hashedUpTo)) {
