@@ -26,7 +26,7 @@ import { openStore, type StoreOptions } from '../storage/open-store.js';
 import type { ObjectStore } from '../storage/store.js';
 import { hashing, offloadedHasher } from '../transfer/content-hash-pool.js';
 import type { ContentHasher } from '../transfer/content-hash.js';
-import { checkObjectAgainstManifest, readManifest, type Manifest } from '../transfer/manifest.js';
+import { checkContentAgainstManifest, checkObjectAgainstManifest, readManifest, type Manifest } from '../transfer/manifest.js';
 
 export interface ImportOptions {
   /** Source format (default: detected from the content). */
@@ -119,14 +119,7 @@ export async function importImage(source: string, target: string, opts: ImportOp
     let hasher: ContentHasher | undefined;
     const check = async () => {
       if (!manifest || !hasher) return;
-      const r = await hasher.result();
-      if (r.digest !== manifest.content.digest) {
-        const bad = r.chunks.findIndex((h, i) => h !== manifest.content.chunks[i]);
-        throw new FerryError('CHECKSUM_MISMATCH', `${source}: the disk content differs from what was uploaded, first in chunk ${bad} (virtual bytes ${bad * r.chunkSize}..${(bad + 1) * r.chunkSize}); the target was not kept`, {
-          remedy: 'The object was damaged in storage or in transit: upload the image again from its source, then import again.',
-          details: { chunk: bad, offset: bad * r.chunkSize },
-        });
-      }
+      checkContentAgainstManifest(await hasher.result(), manifest, source, 'The object was damaged in storage or in transit (the target was not kept): upload the image again from its source, then import again.');
     };
     const result = await convertImage(image, target, { format: 'raw' }, {
       ...(opts.overwrite ? { overwrite: true } : {}),

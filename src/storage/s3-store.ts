@@ -8,6 +8,7 @@
 // (the SDK's default aws-chunked checksum uploads get 501 from Swift and break COS), and part
 // uploads sent with Content-MD5 and an unsigned payload hash (the MD5 protects the body and is
 // signed; the server does not hash every byte twice).
+import { createHash } from 'node:crypto';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import {
@@ -56,6 +57,7 @@ function describeEndpoint(endpoint: string | undefined, region: string): string 
 
 export class S3Store implements ObjectStore {
   readonly name: string;
+  readonly reportsCrc64: boolean;
   bytesRead = 0;
   private readonly client: S3Client;
   private readonly endpointText: string;
@@ -76,6 +78,7 @@ export class S3Store implements ObjectStore {
     if (endpoint && !/^https?:\/\//.test(endpoint)) endpoint = `https://${endpoint}`;
     this.endpointText = describeEndpoint(endpoint, region);
     this.name = `${opts.cos ? 'cos' : 's3'}://${bucket}`;
+    this.reportsCrc64 = opts.cos === true;
     const secure = !endpoint || endpoint.startsWith('https:');
     const sockets = opts.maxSockets ?? 16;
     const config: S3ClientConfig = {
@@ -161,7 +164,6 @@ export class S3Store implements ObjectStore {
   }
 
   async put(key: string, body: Buffer, contentType = 'application/octet-stream'): Promise<void> {
-    const { createHash } = await import('node:crypto');
     try {
       await this.client.send(
         new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentType: contentType, ContentMD5: createHash('md5').update(body).digest('base64') }),

@@ -30,6 +30,8 @@ export interface ObjectStore {
   readonly name: string;
   /** Bytes received from the store by reads (for reports: "info read 12 KiB"). */
   readonly bytesRead: number;
+  /** The store reports objects' CRC-64 (COS's x-cos-hash-crc64ecma): uploads compute it to check. */
+  readonly reportsCrc64?: boolean;
   head(key: string): Promise<ObjectInfo | undefined>;
   /** Reads [offset, offset+length) of the object (clamped to its end). */
   getRange(key: string, offset: number, length: number, signal?: AbortSignal): Promise<Buffer>;

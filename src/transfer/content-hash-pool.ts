@@ -5,9 +5,11 @@
 import type { TransferListItem } from 'node:worker_threads';
 import { BufferPool, refTo } from '../pipeline/buffer-pool.js';
 import type { DigestResult } from '../pipeline/pool-worker.js';
-import type { VirtualChunk } from '../pipeline/virtual-stream.js';
+import { streamVirtual, type VirtualChunk } from '../pipeline/virtual-stream.js';
+import type { DiskImage } from '../image/types.js';
+import { FerryError } from '../errors.js';
 import type { WorkerPool } from '../pipeline/worker-pool.js';
-import { ContentHasher, MANIFEST_CHUNK } from './content-hash.js';
+import { ContentHasher, MANIFEST_CHUNK, type ContentDigest } from './content-hash.js';
 
 /** SHA-256 on a worker of the pool (buffers not in a shared arena are handed over). */
 function poolSha256(pool: WorkerPool): (data: Buffer) => Promise<Buffer> {
@@ -43,4 +45,25 @@ export async function* hashing(chunks: AsyncGenerator<VirtualChunk>, hasher: Con
     } else hasher.zeros(c.offset, c.length);
     yield c;
   }
+}
+
+/**
+ * The content digest of an image, read in one pass (`total`: the virtual size the digest covers,
+ * zeros past the image's end). With a pool the hashing runs on it.
+ */
+export async function digestImage(
+  image: DiskImage,
+  opts: { total?: number; pool?: WorkerPool; signal?: AbortSignal; onProgress?: (done: number) => void } = {},
+): Promise<ContentDigest> {
+  const hasher = offloadedHasher(opts.total ?? image.virtualSize, opts.pool);
+  const chunks = streamVirtual(image, opts.pool ? { pool: opts.pool, workers: opts.pool.size } : {});
+  for await (const c of hashing(chunks, hasher, opts.pool)) {
+    if (opts.signal?.aborted) {
+      await chunks.return(undefined);
+      throw new FerryError('INTERRUPTED', `${image.name}: interrupted while hashing the disk content`, { remedy: 'Run the command again.' });
+    }
+    c.release?.();
+    opts.onProgress?.(c.offset + c.length);
+  }
+  return hasher.result();
 }

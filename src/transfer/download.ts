@@ -13,11 +13,10 @@ import { FerryError } from '../errors.js';
 import { isAllZero } from '../io/zero.js';
 import { freeSpace, openSink } from '../io/sink.js';
 import { openImage } from '../image/open.js';
-import { streamVirtual } from '../pipeline/virtual-stream.js';
 import { parseLocation } from '../storage/location.js';
 import { openStore, type StoreOptions } from '../storage/open-store.js';
-import { ContentHasher } from './content-hash.js';
-import { readManifest, type Manifest } from './manifest.js';
+import { checkContentAgainstManifest, readManifest, type Manifest } from './manifest.js';
+import { digestImage } from './content-hash-pool.js';
 
 export interface DownloadOptions {
   overwrite?: boolean;
@@ -151,25 +150,13 @@ export async function downloadObject(src: string, dest: string, opts: DownloadOp
 export async function verifyContent(path: string, manifest: Manifest, what: string): Promise<string> {
   const image = await openImage(path, { format: manifest.image.format as 'raw' });
   try {
-    const hasher = new ContentHasher(manifest.image.virtualSize);
     if (image.virtualSize !== manifest.image.virtualSize) {
       throw new FerryError('CHECKSUM_MISMATCH', `${what}: the image's virtual size is ${image.virtualSize}, its manifest records ${manifest.image.virtualSize}`, {
         remedy: 'The object does not hold the uploaded disk: upload it again.',
       });
     }
-    for await (const c of streamVirtual(image)) {
-      if (c.data) hasher.data(c.offset, c.data.subarray(0, c.length));
-      else hasher.zeros(c.offset, c.length);
-      c.release?.();
-    }
-    const r = await hasher.result();
-    if (r.digest !== manifest.content.digest) {
-      const bad = r.chunks.findIndex((h, i) => h !== manifest.content.chunks[i]);
-      throw new FerryError('CHECKSUM_MISMATCH', `${what}: the disk content differs from what was uploaded, first in chunk ${bad} (virtual bytes ${bad * r.chunkSize}..${(bad + 1) * r.chunkSize})`, {
-        remedy: 'The object was damaged in storage or in transit: upload the image again from its source.',
-        details: { chunk: bad, offset: bad * r.chunkSize },
-      });
-    }
+    const r = await digestImage(image, { total: manifest.image.virtualSize });
+    checkContentAgainstManifest(r, manifest, what, 'The object was damaged in storage or in transit: upload the image again from its source.');
     return r.digest;
   } finally {
     await image.close();

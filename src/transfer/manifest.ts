@@ -74,6 +74,16 @@ export function checkObjectAgainstManifest(url: string, info: ObjectInfo, m: Man
   }
 }
 
+/** Throws CHECKSUM_MISMATCH naming the first damaged chunk when `got` is not the manifest's content. */
+export function checkContentAgainstManifest(got: ContentDigest, m: Manifest, what: string, remedy: string): void {
+  if (got.digest === m.content.digest) return;
+  const bad = got.chunks.findIndex((h, i) => h !== m.content.chunks[i]);
+  throw new FerryError('CHECKSUM_MISMATCH', `${what}: the disk content differs from what was uploaded, first in chunk ${bad} (virtual bytes ${bad * got.chunkSize}..${(bad + 1) * got.chunkSize})`, {
+    remedy,
+    details: { chunk: bad, offset: bad * got.chunkSize },
+  });
+}
+
 function badManifest(store: ObjectStore, key: string, why: string): FerryError {
   return new FerryError('CHECKSUM_MISMATCH', `${store.name}/${key}: the manifest is unreadable: ${why}`, {
     remedy: 'The manifest was damaged or replaced; upload the image again with `ferry upload` to store a new one.',

@@ -32,7 +32,7 @@ import { multipartEtag, type ObjectStore } from '../storage/store.js';
 import { crc64Combine } from '../storage/crc64.js';
 import { loadCheckpoint, recordPart, removeCheckpoint, sameSettings, saveCheckpoint, type SourceIdentity, type UploadCheckpoint } from './checkpoint.js';
 import { ContentHasher, type ContentDigest } from './content-hash.js';
-import { hashing, offloadedHasher } from './content-hash-pool.js';
+import { digestImage, hashing, offloadedHasher } from './content-hash-pool.js';
 import { META, writeManifest, type Manifest } from './manifest.js';
 import { ObjectSink } from './object-sink.js';
 import { RateLimiter } from './rate-limit.js';
@@ -115,22 +115,6 @@ async function identity(path: string): Promise<SourceIdentity> {
   } catch (err) {
     throw fromSystemError(err, path);
   }
-}
-
-/** The content digest of an image (a separate pass: as-is uploads of non-raw images). */
-async function digestImage(image: DiskImage, pool: WorkerPool | undefined, workers: number, signal?: AbortSignal): Promise<ContentDigest> {
-  const hasher = new ContentHasher(image.virtualSize);
-  const stream = streamVirtual(image, { workers, ...(pool ? { pool } : {}) });
-  for await (const c of stream) {
-    if (signal?.aborted) {
-      await stream.return(undefined);
-      throw interrupted();
-    }
-    if (c.data) hasher.data(c.offset, c.data.subarray(0, c.length));
-    else hasher.zeros(c.offset, c.length);
-    c.release?.();
-  }
-  return hasher.result();
 }
 
 interface Plan {
@@ -257,7 +241,7 @@ async function runUpload(image: DiskImage, source: SourceIdentity, store: Object
     concurrency,
     held,
     verifyOnly,
-    crc64: store.name.startsWith('cos://'),
+    crc64: store.reportsCrc64 === true,
     ...(pool ? { pool } : {}),
     ...(opts.bandwidth ? { limiter: new RateLimiter(opts.bandwidth) } : {}),
     onPart: (s) => recordPart(url, s.partNumber, s.md5, s.size),
@@ -279,7 +263,7 @@ async function runUpload(image: DiskImage, source: SourceIdentity, store: Object
       }, opts.signal);
       if (opts.signal?.aborted) throw interrupted();
       await sink.commit();
-      content = hasher ? await hasher.result() : await digestImage(image, pool, workers, opts.signal);
+      content = hasher ? await hasher.result() : await digestImage(image, { ...(pool ? { pool } : {}), ...(opts.signal ? { signal: opts.signal } : {}) });
       outFormat = image.format;
     } else {
       const writer = createWriter({ sink, spec: p.spec!, sourceSize: image.virtualSize });

@@ -5,12 +5,11 @@
 import { FerryError } from '../errors.js';
 import type { ImageFormat } from '../image/types.js';
 import { openImageSource } from '../image/open.js';
-import { streamVirtual } from '../pipeline/virtual-stream.js';
 import { parseLocation } from '../storage/location.js';
 import { ObjectSource } from '../storage/object-source.js';
 import { openStore, type StoreOptions } from '../storage/open-store.js';
-import { ContentHasher } from './content-hash.js';
-import { checkObjectAgainstManifest, readManifest } from './manifest.js';
+import { checkContentAgainstManifest, checkObjectAgainstManifest, readManifest } from './manifest.js';
+import { digestImage } from './content-hash-pool.js';
 
 export interface VerifyResult {
   object: string;
@@ -40,21 +39,8 @@ export async function verifyObject(url: string, opts: { store?: StoreOptions; on
     const src = new ObjectSource(store, loc.key, info.size);
     const image = await openImageSource(src, { format: m.image.format as ImageFormat });
     try {
-      const hasher = new ContentHasher(m.image.virtualSize);
-      for await (const c of streamVirtual(image)) {
-        if (c.data) hasher.data(c.offset, c.data.subarray(0, c.length));
-        else hasher.zeros(c.offset, c.length);
-        c.release?.();
-        opts.onProgress?.({ done: c.offset + c.length, total: image.virtualSize });
-      }
-      const r = await hasher.result();
-      if (r.digest !== m.content.digest) {
-        const bad = r.chunks.findIndex((h, i) => h !== m.content.chunks[i]);
-        throw new FerryError('CHECKSUM_MISMATCH', `${loc.url}: the disk content differs from what was uploaded, first in chunk ${bad} (virtual bytes ${bad * r.chunkSize}..${(bad + 1) * r.chunkSize})`, {
-          remedy: 'The object was damaged in storage: upload the image again from its source.',
-          details: { chunk: bad, offset: bad * r.chunkSize },
-        });
-      }
+      const r = await digestImage(image, { total: m.image.virtualSize, onProgress: (done) => opts.onProgress?.({ done, total: image.virtualSize }) });
+      checkContentAgainstManifest(r, m, loc.url, 'The object was damaged in storage: upload the image again from its source.');
       return { object: loc.url, format: m.image.format, virtualSize: m.image.virtualSize, size: info.size, chunks: r.chunks.length, digest: r.digest, bytesFetched: src.stats.bytesFetched, seconds: Number(process.hrtime.bigint() - started) / 1e9 };
     } finally {
       await image.close();

@@ -2,7 +2,7 @@
 // accepted: -O, -c, -o subformat=…,compat=…,cluster_size=…,compression_type=…,force_size=on),
 // progress, Ctrl-C handling, and rendering of the library's results. No image logic lives here.
 import { Option, type Command } from 'commander';
-import { ExitCode, FerryError } from '../../errors.js';
+import { ExitCode } from '../../errors.js';
 import { EmptyImage } from '../../image/empty.js';
 import { openImage } from '../../image/open.js';
 import type { DiskImage, ImageFormat } from '../../image/types.js';
@@ -11,11 +11,11 @@ import type { CompressionCodec, WriteSpec } from '../../image/writer.js';
 import { compareImages } from '../../pipeline/compare.js';
 import { convertImage } from '../../pipeline/convert.js';
 import { measureImage } from '../../pipeline/measure.js';
-import { humanBytes, parseSize, sizeWithBytes } from '../format.js';
+import { humanBytes, sizeWithBytes } from '../format.js';
 import { makeOutput } from '../output.js';
 import { startProgress } from '../progress.js';
 import type { RunState } from '../main.js';
-import { formatOption } from './shared.js';
+import { formatOption, interruptible, sizeArg, usage } from './shared.js';
 
 interface WriteFlags {
   json?: boolean;
@@ -36,15 +36,6 @@ interface WriteFlags {
   sync?: boolean;
 }
 
-function usage(message: string, remedy: string): FerryError {
-  return new FerryError('USAGE', message, { remedy });
-}
-
-function sizeArg(text: string, what: string): number {
-  const n = parseSize(text);
-  if (n === undefined || n <= 0) throw usage(`${what} '${text}' is not a size`, 'Give a size such as 64K, 1M, 4G or a number of bytes.');
-  return n;
-}
 
 /** Merges qemu-img style `-o key=value,…` into the spec. */
 function applyQemuOptions(spec: WriteSpec & { compressionType?: CompressionCodec }, text: string): void {
@@ -98,19 +89,6 @@ function workersArg(text: string | undefined): number | undefined {
   return n;
 }
 
-/** An AbortSignal fired by Ctrl-C / SIGTERM while `fn` runs. */
-async function interruptible<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
-  const ctl = new AbortController();
-  const stop = () => ctl.abort();
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
-  try {
-    return await fn(ctl.signal);
-  } finally {
-    process.off('SIGINT', stop);
-    process.off('SIGTERM', stop);
-  }
-}
 
 function addWriteOptions(cmd: Command): Command {
   return cmd

@@ -7,7 +7,7 @@ import { humanBytes } from '../format.js';
 import { makeOutput } from '../output.js';
 import { startProgress } from '../progress.js';
 import type { RunState } from '../main.js';
-import { formatOption } from './shared.js';
+import { formatOption, interruptSignal } from './shared.js';
 import { addStoreOptions, storeOptions, type StoreFlags } from './transfer.js';
 
 interface ImportFlags extends StoreFlags {
@@ -32,10 +32,7 @@ export function registerImportCommand(program: Command, state: RunState): void {
       .option('--overwrite', 'replace an existing target file')
       .option('--json', 'print one JSON document (progress as JSON lines on stderr)'),
   ).action(async (source: string, flags: ImportFlags) => {
-    const ac = new AbortController();
-    const stop = () => ac.abort();
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
+    const { signal, dispose } = interruptSignal();
     let bar: ReturnType<typeof startProgress> | undefined;
     try {
       const r = await importImage(source, flags.target, {
@@ -43,7 +40,7 @@ export function registerImportCommand(program: Command, state: RunState): void {
         ...(flags.verify ? { verify: true } : {}),
         ...(flags.overwrite ? { overwrite: true } : {}),
         store: storeOptions({ ...flags, ...(flags.virtualHost ? { pathStyle: false } : {}) }),
-        signal: ac.signal,
+        signal,
         onProgress: (p) => {
           bar ??= startProgress('import', p.total, !!flags.json);
           bar.update(p.position);
@@ -57,8 +54,7 @@ export function registerImportCommand(program: Command, state: RunState): void {
       );
     } finally {
       bar?.stop();
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
+      dispose();
     }
   });
 }

@@ -1,7 +1,45 @@
 // Options shared by CLI commands.
 import { Option } from 'commander';
+import { FerryError } from '../../errors.js';
+import { parseSize } from '../format.js';
 import { SUPPORTED_FORMATS } from '../../image/types.js';
 
 export function formatOption(): Option {
   return new Option('-f, --format <format>', 'image format instead of detecting it').choices([...SUPPORTED_FORMATS]);
+}
+
+export function usage(message: string, remedy: string): FerryError {
+  return new FerryError('USAGE', message, { remedy });
+}
+
+/** A size option ('64K', '1M', '4G' or bytes), positive. */
+export function sizeArg(text: string, what: string): number {
+  const n = parseSize(text);
+  if (n === undefined || n <= 0) throw usage(`${what} '${text}' is not a size`, 'Give a size such as 64K, 1M, 4G or a number of bytes.');
+  return n;
+}
+
+/** An AbortSignal fired by Ctrl-C / SIGTERM, until dispose(). */
+export function interruptSignal(): { signal: AbortSignal; dispose: () => void } {
+  const ctl = new AbortController();
+  const stop = () => ctl.abort();
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  return {
+    signal: ctl.signal,
+    dispose: () => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+    },
+  };
+}
+
+/** Runs `fn` with an AbortSignal fired by Ctrl-C / SIGTERM. */
+export async function interruptible<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const { signal, dispose } = interruptSignal();
+  try {
+    return await fn(signal);
+  } finally {
+    dispose();
+  }
 }

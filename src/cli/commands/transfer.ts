@@ -1,7 +1,6 @@
 // `ferry upload | download | verify | storage uploads | storage gc`: option parsing, progress,
 // Ctrl-C handling and rendering for the object-storage commands. The work is in src/transfer/.
 import { Option, type Command } from 'commander';
-import { FerryError } from '../../errors.js';
 import { SUPPORTED_FORMATS, type ImageFormat } from '../../image/types.js';
 import type { CompressionCodec } from '../../image/writer.js';
 import { parseLocation } from '../../storage/location.js';
@@ -10,11 +9,11 @@ import { loadCheckpoint, removeCheckpoint } from '../../transfer/checkpoint.js';
 import { downloadObject } from '../../transfer/download.js';
 import { uploadImage } from '../../transfer/upload.js';
 import { verifyObject } from '../../transfer/verify.js';
-import { humanBytes, parseSize, table } from '../format.js';
+import { humanBytes, table } from '../format.js';
 import { makeOutput } from '../output.js';
 import { startProgress } from '../progress.js';
 import type { RunState } from '../main.js';
-import { formatOption } from './shared.js';
+import { formatOption, interruptSignal, sizeArg, usage } from './shared.js';
 
 export interface StoreFlags {
   endpoint?: string;
@@ -23,15 +22,8 @@ export interface StoreFlags {
   pathStyle?: boolean;
 }
 
-function usage(message: string, remedy: string): FerryError {
-  return new FerryError('USAGE', message, { remedy });
-}
-
-function sizeArg(text: string | undefined, what: string): number | undefined {
-  if (text === undefined) return undefined;
-  const n = parseSize(text);
-  if (n === undefined || n <= 0) throw usage(`${what} '${text}' is not a size`, 'Give a size such as 16M, 1G or a number of bytes.');
-  return n;
+function optionalSize(text: string | undefined, what: string): number | undefined {
+  return text === undefined ? undefined : sizeArg(text, what);
 }
 
 function countArg(text: string | undefined, what: string, min = 1): number | undefined {
@@ -73,15 +65,6 @@ export function addStoreOptions(cmd: Command): Command {
 
 function flagsToStore(flags: StoreFlags & { virtualHost?: boolean }): StoreOptions {
   return storeOptions({ ...flags, ...(flags.virtualHost ? { pathStyle: false } : {}) });
-}
-
-/** Ctrl-C / SIGTERM abort the operation (it cleans up and reports INTERRUPTED). */
-function interruptible(): { signal: AbortSignal; dispose: () => void } {
-  const ac = new AbortController();
-  const stop = () => ac.abort();
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
-  return { signal: ac.signal, dispose: () => (process.off('SIGINT', stop), process.off('SIGTERM', stop)) };
 }
 
 interface UploadFlags extends StoreFlags {
@@ -148,12 +131,12 @@ export function registerTransferCommands(program: Command, state: RunState): voi
       return;
     }
     const compress = flags.compress === true ? 'zlib' : flags.compress;
-    const { signal, dispose } = interruptible();
+    const { signal, dispose } = interruptSignal();
     let bar: ReturnType<typeof startProgress> | undefined;
     try {
-      const partSize = sizeArg(flags.partSize, '--part-size');
-      const clusterSize = sizeArg(flags.clusterSize, '--cluster-size');
-      const alignSize = sizeArg(flags.alignSize, '--align-size');
+      const partSize = optionalSize(flags.partSize, '--part-size');
+      const clusterSize = optionalSize(flags.clusterSize, '--cluster-size');
+      const alignSize = optionalSize(flags.alignSize, '--align-size');
       const concurrency = countArg(flags.concurrency, '--concurrency');
       const workers = countArg(flags.workers, '--workers', 0);
       const r = await uploadImage(source, dest, {
@@ -204,7 +187,7 @@ export function registerTransferCommands(program: Command, state: RunState): voi
       .option('--no-verify', 'do not check against the manifest')
       .option('--json', 'print one JSON document (progress as JSON lines on stderr)'),
   ).action(async (source: string, dest: string, flags: StoreFlags & { json?: boolean; overwrite?: boolean; concurrency?: string; verify?: boolean; virtualHost?: boolean }) => {
-    const { signal, dispose } = interruptible();
+    const { signal, dispose } = interruptSignal();
     let bar: ReturnType<typeof startProgress> | undefined;
     try {
       const concurrency = countArg(flags.concurrency, '--concurrency');
