@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
 import { FerryError } from '../src/errors.js';
+import { fileSha } from './file-sha.js';
 import { extents } from '../src/image/extents.js';
 import { openImage } from '../src/image/open.js';
 import { readVirtual } from '../src/image/read.js';
@@ -52,23 +53,6 @@ async function imageSha(img: DiskImage): Promise<string> {
   const h = createHash('sha256');
   const chunk = 64 * MiB;
   for (let o = 0; o < img.virtualSize; o += chunk) h.update(await readVirtual(img, o, Math.min(chunk, img.virtualSize - o)));
-  return h.digest('hex');
-}
-
-function fileSha(file: string): string {
-  const h = createHash('sha256');
-  const fd = openSync(file, 'r');
-  const buf = Buffer.alloc(16 * MiB);
-  try {
-    for (let pos = 0; ; ) {
-      const n = readSync(fd, buf, 0, buf.length, pos);
-      if (n === 0) break;
-      h.update(buf.subarray(0, n));
-      pos += n;
-    }
-  } finally {
-    closeSync(fd);
-  }
   return h.digest('hex');
 }
 

@@ -7,6 +7,7 @@ import { FerryError, ExitCode } from '../errors.js';
 import { registerImageCommands } from './commands/image.js';
 import { registerTransferCommands } from './commands/transfer.js';
 import { registerImportCommand } from './commands/import.js';
+import { registerJobsCommands } from './commands/jobs.js';
 import { asFerryError, printError } from './output.js';
 
 
@@ -28,6 +29,7 @@ export function buildProgram(state: RunState): Command {
   registerImageCommands(program, state);
   registerTransferCommands(program, state);
   registerImportCommand(program, state);
+  registerJobsCommands(program, state);
   return program;
 }
 

@@ -25,6 +25,7 @@ export class RawWriter implements ImageWriter {
     this.sink = ctx.sink;
     this.virtualSize = ctx.spec.alignSize ? roundUp(ctx.sourceSize, ctx.spec.alignSize) : ctx.sourceSize;
     this.fillZeros = ctx.sink.isBlockDevice && !ctx.spec.targetIsZero;
+    this.pos = ctx.resumeAt ?? 0;
     const dev = ctx.sink.deviceSize;
     if (dev !== undefined && dev < this.virtualSize) {
       throw new FerryError('TARGET_TOO_SMALL', `${ctx.sink.path}: the device holds ${dev} bytes, but the disk needs ${this.virtualSize}`, {

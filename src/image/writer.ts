@@ -89,4 +89,9 @@ export interface WriterContext {
   spec: WriteSpec;
   /** Virtual size of the source disk. */
   sourceSize: number;
+  /**
+   * raw only: the output already holds the disk's content below this offset (a resumed import):
+   * writing continues there and nothing below it is touched.
+   */
+  resumeAt?: number;
 }

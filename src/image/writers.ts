@@ -43,6 +43,7 @@ export function createWriter(ctx: WriterContext): ImageWriter {
       remedy: 'Use --to raw to put the disk onto the device, or write the image to a file.',
     });
   }
+  if (ctx.resumeAt && spec.format !== 'raw') throw badSpec(`a ${spec.format} output cannot be resumed`, 'Only raw outputs (import targets) resume; convert again from the start.');
   switch (spec.format) {
     case 'raw':
       if (spec.subformat && spec.subformat !== 'raw') throw badSpec(`raw has no subformat '${spec.subformat}'`, 'Drop --subformat.');

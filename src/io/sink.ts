@@ -40,6 +40,8 @@ export interface Sink {
    * file system is TARGET_NO_SPACE.
    */
   reserve(offset: number, length: number): Promise<void>;
+  /** Writes everything written so far to stable storage (fdatasync), keeping the sink open. */
+  flush?(): Promise<void>;
   /** Flushes to stable storage and puts the file in place under its final name. */
   commit(): Promise<void>;
   /** Removes the temporary file (files) and closes. Idempotent; never throws. */
@@ -56,6 +58,12 @@ export interface SinkOptions {
    * devices (a disk written in place must be on the disk when Ferry says it is done).
    */
   sync?: boolean;
+  /**
+   * Resumable writing (files): write under this fixed temporary path, keeping what an earlier,
+   * interrupted run left there (no truncation), and keep it when the sink is aborted so a later
+   * run can go on. Used by import jobs, which record how far the file is known to be written.
+   */
+  partialPath?: string;
 }
 
 /** Temporary files of unfinished conversions are named `.NAME.ferry-partial-XXXXXX`. */
@@ -194,6 +202,14 @@ abstract class HandleSink implements Sink {
     }
   }
 
+  async flush(): Promise<void> {
+    try {
+      await this.handle.datasync();
+    } catch (err) {
+      throw targetError(err, this.path, 'flushing to disk');
+    }
+  }
+
   async truncate(size: number): Promise<void> {
     if (this.isBlockDevice) return;
     try {
@@ -235,6 +251,8 @@ class FileSink extends HandleSink {
     readonly path: string,
     readonly tempPath: string,
     durable: boolean,
+    /** Keep the temporary file on abort (resumable writing). */
+    private readonly keep = false,
   ) {
     super(handle, durable);
   }
@@ -264,7 +282,7 @@ class FileSink extends HandleSink {
       await this.settle();
       await this.handle.close().catch(() => {});
     }
-    if (!this.removed) {
+    if (!this.removed && !this.keep) {
       this.removed = true;
       await rm(this.tempPath, { force: true }).catch(() => {});
     }
@@ -325,14 +343,14 @@ export async function openSink(path: string, opts: SinkOptions = {}): Promise<Si
       remedy: 'Write the image to a regular file or a block device.',
     });
   }
-  const tempPath = join(dirname(path), `.${basename(path)}${PARTIAL_MARK}${randomBytes(3).toString('hex')}`);
+  const tempPath = opts.partialPath ?? join(dirname(path), `.${basename(path)}${PARTIAL_MARK}${randomBytes(3).toString('hex')}`);
   let handle: FileHandle;
   try {
-    handle = await open(tempPath, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o644);
+    handle = await open(tempPath, constants.O_RDWR | constants.O_CREAT | (opts.partialPath ? 0 : constants.O_EXCL), 0o644);
   } catch (err) {
     throw targetError(err, path, 'creating the output file');
   }
-  return new FileSink(handle, path, tempPath, opts.sync ?? false);
+  return new FileSink(handle, path, tempPath, opts.sync ?? false, opts.partialPath !== undefined);
 }
 
 /** Free bytes for an unprivileged writer on the file system holding `path`'s directory. */

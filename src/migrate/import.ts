@@ -12,13 +12,15 @@
 //
 // Example:
 //   await importImage('s3://images/disk.qcow2', '/dev/vdb');
+import { stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { FerryError } from '../errors.js';
 import { checkImage } from '../image/inspect.js';
 import { openImage, openImageSource } from '../image/open.js';
 import type { DiskImage, ImageFormat } from '../image/types.js';
 import { compareImages } from '../pipeline/compare.js';
-import { convertImage } from '../pipeline/convert.js';
+import { convertImage, type Checkpoint } from '../pipeline/convert.js';
+import { streamVirtual, type VirtualChunk } from '../pipeline/virtual-stream.js';
 import { WorkerPool } from '../pipeline/worker-pool.js';
 import { isObjectUrl, parseLocation } from '../storage/location.js';
 import { ObjectSource } from '../storage/object-source.js';
@@ -39,6 +41,21 @@ export interface ImportOptions {
   workers?: number;
   onProgress?: (p: { position: number; total: number }) => void;
   signal?: AbortSignal;
+  /** Resumable import (jobs): write a file target under this fixed temporary path, kept on failure. */
+  partialPath?: string;
+  /**
+   * Resume: the target (or partialPath) already holds the content below `at`, written from the
+   * source identified by `sourceId`; if the source is no longer that one, the copy starts over.
+   */
+  resume?: { at: number; sourceId: string | null };
+  /** Phases after the preflight. */
+  onPhase?: (phase: 'copying' | 'verifying') => void;
+  /** Durable progress: see ConvertOptions.checkpoint. */
+  checkpoint?: Checkpoint;
+  /** Bound on bytes read ahead and on bytes waiting to be written (see ConvertOptions). */
+  maxInFlightBytes?: number;
+  /** Called once the source is open and checked (before any byte is written). */
+  onPreflight?: (info: { format: string; virtualSize: number; sourceId: string; hasManifest: boolean; resumeAt: number }) => void | Promise<void>;
 }
 
 export interface ImportResult {
@@ -53,6 +70,8 @@ export interface ImportResult {
   requests?: number;
   verified: 'manifest' | 'reread' | 'none';
   digest?: string;
+  /** Offset the copy resumed at (0: from the start). */
+  resumedAt: number;
   seconds: number;
 }
 
@@ -61,13 +80,16 @@ interface Opened {
   manifest: Manifest | undefined;
   objectSource?: ObjectSource;
   store?: ObjectStore;
+  /** What identifies this exact source content (an object's size and ETag; a file's size, mtime, inode). */
+  sourceId: string;
 }
 
 /** Opens the source and runs the source-side preflight. */
 async function openSource(source: string, opts: ImportOptions): Promise<Opened> {
   if (!isObjectUrl(source)) {
+    const st = await stat(source).catch(() => undefined);
     const image = await openImage(source, opts.format ? { format: opts.format } : {});
-    return { image, manifest: undefined };
+    return { image, manifest: undefined, sourceId: st ? `file:${st.size}:${st.mtimeMs}:${st.ino}` : 'file:?' };
   }
   const loc = parseLocation(source);
   const store = openStore(loc, opts.store ?? {});
@@ -89,7 +111,7 @@ async function openSource(source: string, opts: ImportOptions): Promise<Opened> 
         remedy: 'The object does not hold the uploaded disk: upload it again.',
       });
     }
-    return { image, manifest, objectSource: src, store };
+    return { image, manifest, objectSource: src, store, sourceId: `object:${info.size}:${info.etag ?? ''}` };
   } catch (err) {
     store.close();
     throw err;
@@ -116,13 +138,21 @@ export async function importImage(source: string, target: string, opts: ImportOp
   const pool = workers > 0 ? new WorkerPool(workers) : undefined;
   try {
     await preflightStructure(image);
+    const resumeAt = opts.resume && opts.resume.sourceId === opened.sourceId ? Math.min(opts.resume.at, image.virtualSize) : 0;
+    await opts.onPreflight?.({ format: image.format, virtualSize: image.virtualSize, sourceId: opened.sourceId, hasManifest: manifest !== undefined, resumeAt });
+    opts.onPhase?.('copying');
     let hasher: ContentHasher | undefined;
     const check = async () => {
+      opts.onPhase?.('verifying');
       if (!manifest || !hasher) return;
       checkContentAgainstManifest(await hasher.result(), manifest, source, 'The object was damaged in storage or in transit (the target was not kept): upload the image again from its source, then import again.');
     };
     const result = await convertImage(image, target, { format: 'raw' }, {
       ...(opts.overwrite ? { overwrite: true } : {}),
+      ...(opts.partialPath ? { partialPath: opts.partialPath } : {}),
+      ...(resumeAt ? { resumeAt } : {}),
+      ...(opts.checkpoint ? { checkpoint: opts.checkpoint } : {}),
+      ...(opts.maxInFlightBytes ? { maxInFlightBytes: opts.maxInFlightBytes } : {}),
       ...(pool ? { pool } : { workers: 0 }),
       ...(opts.signal ? { signal: opts.signal } : {}),
       ...(opts.onProgress ? { onProgress: (p) => opts.onProgress!({ position: p.position, total: p.total }) } : {}),
@@ -130,11 +160,11 @@ export async function importImage(source: string, target: string, opts: ImportOp
         ? {
             wrapStream: (chunks) => {
               hasher = offloadedHasher(manifest.content.chunks.length > 0 ? manifest.image.virtualSize : image.virtualSize, pool);
-              return hashing(chunks, hasher, pool);
+              return resumeAt ? hashingResumed(opts.partialPath ?? target, resumeAt, chunks, hasher, pool) : hashing(chunks, hasher, pool);
             },
-            beforeCommit: check,
           }
         : {}),
+      beforeCommit: check,
     });
     let verified: ImportResult['verified'] = manifest ? 'manifest' : 'none';
     if (!manifest && opts.verify) {
@@ -161,6 +191,7 @@ export async function importImage(source: string, target: string, opts: ImportOp
       ...(opened.objectSource ? { bytesFetched: opened.objectSource.stats.bytesFetched, requests: opened.objectSource.stats.requests } : {}),
       verified,
       ...(manifest ? { digest: manifest.content.digest } : {}),
+      resumedAt: resumeAt,
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };
   } finally {
@@ -168,4 +199,25 @@ export async function importImage(source: string, target: string, opts: ImportOp
     await image.close();
     opened.store?.close();
   }
+}
+
+/**
+ * A resumed copy's content digest: the part written by the earlier run is hashed from the target
+ * itself (so the digest proves what is on the disk), then the rest as it streams from the source.
+ */
+async function* hashingResumed(
+  written: string,
+  resumeAt: number,
+  chunks: AsyncGenerator<VirtualChunk>,
+  hasher: ContentHasher,
+  pool: WorkerPool | undefined,
+): AsyncGenerator<VirtualChunk> {
+  const done = await openImage(written, { format: 'raw' });
+  try {
+    const prefix = streamVirtual(done, { offset: 0, length: Math.min(resumeAt, done.virtualSize), ...(pool ? { pool, workers: pool.size } : {}) });
+    for await (const c of hashing(prefix, hasher, pool)) c.release?.();
+  } finally {
+    await done.close();
+  }
+  yield* hashing(chunks, hasher, pool);
 }

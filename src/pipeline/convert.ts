@@ -52,6 +52,27 @@ export interface ConvertOptions {
   wrapStream?: (chunks: AsyncGenerator<VirtualChunk>) => AsyncGenerator<VirtualChunk>;
   /** Runs after the output is complete and before it is committed: throwing discards it. */
   beforeCommit?: () => Promise<void>;
+  /**
+   * Resumable writing (raw output only): the output file is this fixed temporary path, kept when
+   * the conversion fails so that a later run can resume (see SinkOptions.partialPath).
+   */
+  partialPath?: string;
+  /** raw output only: the output already holds the content below this offset; start there. */
+  resumeAt?: number;
+  /**
+   * Durable progress: every `every` bytes of data written, the output is flushed to stable storage
+   * (in the background, while writing goes on) and then `save` learns the offset below which the
+   * output is complete. A run resumed at that offset (resumeAt) loses nothing. `written` learns,
+   * after each data chunk, the offset below which everything has been handed to the kernel (it
+   * survives the process being killed, not a power loss).
+   */
+  checkpoint?: Checkpoint;
+}
+
+export interface Checkpoint {
+  every: number;
+  save: (position: number) => void | Promise<void>;
+  written?: (position: number) => void;
 }
 
 export interface ConvertResult {
@@ -103,14 +124,21 @@ export async function convertImage(image: DiskImage, dst: string, spec: WriteSpe
   const started = process.hrtime.bigint();
   if (opts.signal?.aborted) throw interrupted();
   await refuseSameFile(image, dst);
-  const sink = await openSink(dst, { overwrite: opts.overwrite ?? false, ...(opts.sync !== undefined ? { sync: opts.sync } : {}) });
+  const resumeAt = opts.resumeAt ?? 0;
+  const sink = await openSink(dst, {
+    overwrite: opts.overwrite ?? false,
+    ...(opts.sync !== undefined ? { sync: opts.sync } : {}),
+    ...(opts.partialPath ? { partialPath: opts.partialPath } : {}),
+  });
   let pool: WorkerPool | undefined;
   try {
-    const writer = createWriter({ sink, spec, sourceSize: image.virtualSize });
-    if (writer.encoding.codec === 'none' && !sink.isBlockDevice) await preflightSpace(image, sink);
+    const writer = createWriter({ sink, spec, sourceSize: image.virtualSize, ...(resumeAt ? { resumeAt } : {}) });
+    // A kept partial file: only what is below resumeAt is known good; the rest is written again.
+    if (opts.partialPath) await sink.truncate(resumeAt);
+    if (writer.encoding.codec === 'none' && !sink.isBlockDevice && !resumeAt) await preflightSpace(image, sink);
     const workers = opts.pool ? opts.pool.size : (opts.workers ?? availableParallelism());
     if (!opts.pool) pool = workers > 0 ? new WorkerPool(workers) : undefined;
-    const stats = await pump(image, writer, opts.pool ?? pool, workers, opts);
+    const stats = await pump(image, writer, opts.pool ?? pool, workers, opts, sink);
     const summary = await writer.finish();
     if (opts.signal?.aborted) throw interrupted();
     await opts.beforeCommit?.();
@@ -148,12 +176,59 @@ export function chunkSizeFor(writer: ImageWriter): number {
 }
 
 /** Streams the source through encoding into the writer. */
-async function pump(image: DiskImage, writer: ImageWriter, pool: WorkerPool | undefined, workers: number, opts: ConvertOptions) {
+async function pump(image: DiskImage, writer: ImageWriter, pool: WorkerPool | undefined, workers: number, opts: ConvertOptions, sink: Sink) {
   // The consumer holds chunks until they are written: up to the encode window's worth.
   const window = opts.maxInFlightBytes ?? DEFAULT_IN_FLIGHT;
   const heldChunks = Math.ceil(window / chunkSizeFor(writer)) + 4;
-  const stream = streamVirtual(image, { chunkSize: chunkSizeFor(writer), align: writer.unitSize, workers, heldChunks, maxInFlightBytes: window, ...(pool ? { pool } : {}) });
-  return writeChunks(opts.wrapStream ? opts.wrapStream(stream) : stream, image.virtualSize, writer, pool, opts);
+  const from = opts.resumeAt ?? 0;
+  const stream = streamVirtual(image, {
+    chunkSize: chunkSizeFor(writer),
+    align: writer.unitSize,
+    workers,
+    heldChunks,
+    maxInFlightBytes: window,
+    ...(from ? { offset: from, length: image.virtualSize - from } : {}),
+    ...(pool ? { pool } : {}),
+  });
+  const { checkpoint, ...rest } = opts;
+  const flush = () => sink.flush?.() ?? Promise.resolve();
+  return writeChunks(opts.wrapStream ? opts.wrapStream(stream) : stream, image.virtualSize, writer, pool, { ...rest, ...(checkpoint ? { checkpoint: { ...checkpoint, flush } } : {}) });
+}
+
+/** Flushes and records durable progress, one flush at a time, in the background. */
+class Checkpointer {
+  private last = 0;
+  private inFlight: Promise<void> | undefined;
+  private error: unknown;
+
+  constructor(
+    private readonly cfg: Checkpoint & { flush: () => Promise<void> },
+    from: number,
+  ) {
+    this.last = from;
+  }
+
+  /** Everything below `position` has been handed to the output. */
+  written(position: number): void {
+    if (this.error) throw this.error;
+    this.cfg.written?.(position);
+    if (this.inFlight || position - this.last < this.cfg.every) return;
+    this.last = position;
+    this.inFlight = this.cfg
+      .flush()
+      .then(() => this.cfg.save(position))
+      .catch((err: unknown) => {
+        this.error ??= err;
+      })
+      .finally(() => {
+        this.inFlight = undefined;
+      });
+  }
+
+  async settle(): Promise<void> {
+    await this.inFlight;
+    if (this.error) throw this.error;
+  }
 }
 
 /**
@@ -165,8 +240,11 @@ export async function writeChunks(
   total: number,
   writer: ImageWriter,
   pool: WorkerPool | undefined,
-  opts: Pick<ConvertOptions, 'maxInFlightBytes' | 'onProgress' | 'signal'>,
+  opts: Pick<ConvertOptions, 'maxInFlightBytes' | 'onProgress' | 'signal' | 'resumeAt'> & {
+    checkpoint?: Checkpoint & { flush: () => Promise<void> };
+  },
 ) {
+  const checkpoints = opts.checkpoint ? new Checkpointer(opts.checkpoint, opts.resumeAt ?? 0) : undefined;
   const unit = writer.unitSize;
   const maxInFlight = opts.maxInFlightBytes ?? DEFAULT_IN_FLIGHT;
   const enc = writer.encoding;
@@ -228,7 +306,7 @@ export async function writeChunks(
     pending -= cost;
     wake?.();
   };
-  const enqueue = (cost: number, encoded: Promise<{ runs: DataRun[]; done: () => void }>) => {
+  const enqueue = (cost: number, end: number, encoded: Promise<{ runs: DataRun[]; done: () => void }>) => {
     pending += cost;
     encoded.catch(() => {}); // observed by the chain
     chain = chain.then(async () => {
@@ -238,6 +316,7 @@ export async function writeChunks(
         // Writers have written (not just queued) a call's runs when it returns: the buffer is free.
         if (runs.length) await writer.write(runs);
         done();
+        checkpoints?.written(end);
       } catch (error) {
         failure ??= { error };
       } finally {
@@ -253,7 +332,7 @@ export async function writeChunks(
       if (failure) throw failure.error;
       if (c.data) {
         dataBytes += c.length;
-        enqueue(c.length, encode(c));
+        enqueue(c.length, c.offset + c.length, encode(c));
         while (pending > maxInFlight && !failure) await new Promise<void>((r) => (wake = r));
       }
       position = c.offset + c.length;
@@ -261,6 +340,7 @@ export async function writeChunks(
     }
     await chain;
     if (failure) throw failure.error;
+    await checkpoints?.settle();
   } finally {
     // On failure, let queued writes and jobs settle before the pool closes under them.
     failure ??= { error: undefined };

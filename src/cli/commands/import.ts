@@ -2,9 +2,9 @@
 // for the offline import (src/migrate/import.ts).
 import type { Command } from 'commander';
 import type { ImageFormat } from '../../image/types.js';
-import { importImage } from '../../migrate/import.js';
+import { runImport, type JobOutcome, type RunOptions } from '../../jobs/import-job.js';
 import { humanBytes } from '../format.js';
-import { makeOutput } from '../output.js';
+import { makeOutput, type Output } from '../output.js';
 import { startProgress } from '../progress.js';
 import type { RunState } from '../main.js';
 import { formatOption, interruptSignal } from './shared.js';
@@ -24,7 +24,7 @@ export function registerImportCommand(program: Command, state: RunState): void {
   addStoreOptions(
     program
       .command('import')
-      .description('put an image (s3://, cos://, file:// object or local file) onto a target disk (raw file or block device), checked first and verified')
+      .description('put an image (s3://, cos://, file:// object or local file) onto a target disk (raw file or block device), checked first and verified; runs as a resumable job')
       .argument('<source>', 'the image: s3://BUCKET/KEY, cos://…, file:///DIR/NAME or a local file')
       .requiredOption('--target <path>', 'target disk: a raw file (created sparse) or a block device')
       .addOption(formatOption())
@@ -32,29 +32,51 @@ export function registerImportCommand(program: Command, state: RunState): void {
       .option('--overwrite', 'replace an existing target file')
       .option('--json', 'print one JSON document (progress as JSON lines on stderr)'),
   ).action(async (source: string, flags: ImportFlags) => {
-    const { signal, dispose } = interruptSignal();
-    let bar: ReturnType<typeof startProgress> | undefined;
-    try {
-      const r = await importImage(source, flags.target, {
-        ...(flags.format ? { format: flags.format } : {}),
-        ...(flags.verify ? { verify: true } : {}),
-        ...(flags.overwrite ? { overwrite: true } : {}),
-        store: storeOptions({ ...flags, ...(flags.virtualHost ? { pathStyle: false } : {}) }),
-        signal,
-        onProgress: (p) => {
-          bar ??= startProgress('import', p.total, !!flags.json);
-          bar.update(p.position);
+    const out = makeOutput(!!flags.json);
+    const outcome = await runWithProgress(!!flags.json, (opts) =>
+      runImport(
+        {
+          source,
+          target: flags.target,
+          ...(flags.format ? { format: flags.format } : {}),
+          ...(flags.verify ? { verify: true } : {}),
+          ...(flags.overwrite ? { overwrite: true } : {}),
+          store: storeOptions({ ...flags, ...(flags.virtualHost ? { pathStyle: false } : {}) }),
         },
-      });
-      bar?.stop();
-      makeOutput(!!flags.json).result(r, () =>
-        `${r.source} (${r.format}, ${humanBytes(r.virtualSize)}) -> ${r.target}: ${humanBytes(r.dataBytes)} of data in ${r.seconds.toFixed(1)} s` +
-        (r.bytesFetched !== undefined ? `, ${humanBytes(r.bytesFetched)} fetched` : '') +
-        `\nverified: ${r.verified === 'manifest' ? `content matches the upload's manifest (${r.digest})` : r.verified === 'reread' ? 'target re-read and compared with the source' : 'no (no manifest; pass --verify to re-read the target)'}`,
-      );
-    } finally {
-      bar?.stop();
-      dispose();
-    }
+        { ...opts, onJob: (job, resuming) => out.note(resuming ? `job ${job.id}: resuming at ${humanBytes(job.committed)} (${job.committed} bytes)` : `job ${job.id}`) },
+      ),
+    );
+    printImportOutcome(out, outcome);
   });
+}
+
+/** Runs an import job with a progress bar, Ctrl-C handling and the test fault hook. */
+export async function runWithProgress(json: boolean, fn: (opts: RunOptions) => Promise<JobOutcome>): Promise<JobOutcome> {
+  const { signal, dispose } = interruptSignal();
+  let bar: ReturnType<typeof startProgress> | undefined;
+  // Test hook: FERRY_FAULT=kill-at-byte:N ends the process with SIGKILL once the copy passes N.
+  const fault = /^kill-at-byte:(\d+)$/.exec(process.env.FERRY_FAULT ?? '');
+  const killAt = fault ? Number(fault[1]) : undefined;
+  try {
+    return await fn({
+      signal,
+      onProgress: (p) => {
+        if (killAt !== undefined && p.position >= killAt) process.kill(process.pid, 'SIGKILL');
+        bar ??= startProgress('import', p.total, json);
+        bar.update(p.position);
+      },
+    });
+  } finally {
+    bar?.stop();
+    dispose();
+  }
+}
+
+export function printImportOutcome(out: Output, { job, result: r }: JobOutcome): void {
+  out.result({ job: job.id, ...r }, () =>
+    `job ${job.id} succeeded: ${r.source} (${r.format}, ${humanBytes(r.virtualSize)}) -> ${r.target}: ${humanBytes(r.dataBytes)} of data in ${r.seconds.toFixed(1)} s` +
+    (r.resumedAt > 0 ? ` (resumed at ${humanBytes(r.resumedAt)})` : '') +
+    (r.bytesFetched !== undefined ? `, ${humanBytes(r.bytesFetched)} fetched` : '') +
+    `\nverified: ${r.verified === 'manifest' ? `content matches the upload's manifest (${r.digest})` : r.verified === 'reread' ? 'target re-read and compared with the source' : 'no (no manifest; pass --verify to re-read the target)'}`,
+  );
 }
