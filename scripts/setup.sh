@@ -12,6 +12,11 @@ command -v mke2fs >/dev/null || need+=(e2fsprogs)
 command -v mkfs.vfat >/dev/null || need+=(dosfstools)
 command -v tar >/dev/null || need+=(tar)
 command -v genisoimage >/dev/null || need+=(genisoimage)
+# The boot test (test/boot.test.ts, scripts/boot-disk.sh): qemu boots the disk; GRUB's grub-mkimage
+# and cpio build it (the kernel, busybox and GRUB's modules are downloaded, not installed).
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v grub-mkimage >/dev/null || need+=(grub-common)
+command -v cpio >/dev/null || need+=(cpio)
 # The real S3 server of the tests (OpenStack Swift with s3api; see scripts/s3-server.sh).
 for p in swift swift-proxy swift-object swift-container swift-account python3-swift memcached; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
