@@ -17,6 +17,9 @@ command -v genisoimage >/dev/null || need+=(genisoimage)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v grub-mkimage >/dev/null || need+=(grub-common)
 command -v cpio >/dev/null || need+=(cpio)
+# The https:// source test (test/http-source.test.ts): a real web server, started by the test.
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v openssl >/dev/null || need+=(openssl)
 # The real S3 server of the tests (OpenStack Swift with s3api; see scripts/s3-server.sh).
 for p in swift swift-proxy swift-object swift-container swift-account python3-swift memcached; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")

@@ -1,6 +1,8 @@
 // Decoding of one compressed unit (qcow2 cluster, VMDK grain) with bounded output: never more
 // than the unit's size is produced, trailing bytes after the stream are ignored (qcow2 pads to
 // sectors), and any decoding failure becomes an IMAGE_CORRUPT error naming the host offset.
+// decompressInto decodes straight into the caller's buffer (deflate through the native addon's
+// inflateInto when it is built, zstd through zstd-napi's streaming context).
 import { constants as zc, inflateRawSync, inflateSync } from 'node:zlib';
 import { createRequire } from 'node:module';
 import { corrupt } from '../errors.js';
@@ -9,14 +11,22 @@ import type { Codec } from './types.js';
 const require = createRequire(import.meta.url);
 // zstd-napi's low-level binding gives streaming decode that stops when the output is full.
 const zstdBinding = require('zstd-napi/binding.js') as typeof import('zstd-napi/binding.js');
+/** native/: inflate into a given buffer, when the addon was built. */
+const native = ((): { inflateInto?: (input: Uint8Array, output: Uint8Array, zlibHeader: boolean) => number } | undefined => {
+  try {
+    return require('ferry-native') as { inflateInto?: (input: Uint8Array, output: Uint8Array, zlibHeader: boolean) => number };
+  } catch {
+    return undefined;
+  }
+})();
 
 let zstdContext: InstanceType<typeof zstdBinding.DCtx> | undefined;
 
-function decodeZstd(input: Buffer, unitSize: number): Buffer {
+function decodeZstd(input: Buffer, unitSize: number, into?: Buffer): Buffer {
   zstdContext ??= new zstdBinding.DCtx();
   const dctx = zstdContext;
   dctx.reset(zstdBinding.ResetDirective.sessionOnly);
-  const out = Buffer.alloc(unitSize);
+  const out = into ?? Buffer.alloc(unitSize);
   let produced = 0;
   let consumed = 0;
   // Several frames may follow each other; stop as soon as one unit of output is there.
@@ -53,4 +63,30 @@ export function decompressUnit(codec: Codec, input: Buffer, unitSize: number, wh
     });
   }
   return out;
+}
+
+/**
+ * Decompresses one unit into `dest` (exactly dest.length bytes, the unit's size), or throws
+ * IMAGE_CORRUPT like decompressUnit.
+ */
+export function decompressInto(codec: Codec, input: Buffer, dest: Buffer, where: string): void {
+  const unitSize = dest.length;
+  let produced: number;
+  try {
+    if (codec === 'zstd') produced = decodeZstd(input, unitSize, dest).length;
+    else if (native?.inflateInto) produced = native.inflateInto(input, dest, codec === 'zlib');
+    else {
+      decompressUnit(codec, input, unitSize, where).copy(dest);
+      return;
+    }
+  } catch (err) {
+    throw corrupt(`${where}: compressed data cannot be decoded (${codec}): ${(err as Error).message}`, { codec });
+  }
+  if (produced !== unitSize) {
+    throw corrupt(`${where}: compressed data decodes to ${produced} bytes instead of ${unitSize} (${codec})`, {
+      codec,
+      expected: unitSize,
+      actual: produced,
+    });
+  }
 }

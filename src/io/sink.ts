@@ -184,14 +184,21 @@ abstract class HandleSink implements Sink {
   }
 
   private canReserve = native !== undefined;
+  /** Free bytes at the last statfs, less what was reserved since. */
+  private freeSeen: number | undefined;
 
   async reserve(offset: number, length: number): Promise<void> {
     if (!this.canReserve || this.isBlockDevice || length <= 0) return;
     // A large reservation on a nearly full file system would take blocks the data may need (and a
     // failed fallocate can keep part of what it took): there, write without reserving.
     if (length >= 1024 * 1024) {
-      const free = await freeSpace(this.path);
-      if (free !== undefined && free < length + TIGHT_SPACE) return;
+      // statfs only when the free space last seen could have run low since (not for every write).
+      if (this.freeSeen === undefined || this.freeSeen < length + 2 * TIGHT_SPACE) {
+        const free = await freeSpace(this.path);
+        this.freeSeen = free ?? Infinity;
+        if (free !== undefined && free < length + TIGHT_SPACE) return;
+      }
+      this.freeSeen -= length;
     }
     try {
       native!.fallocate(this.handle.fd, offset, length);

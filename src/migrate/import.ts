@@ -27,7 +27,7 @@ import { ObjectSource } from '../storage/object-source.js';
 import { openStore, type StoreOptions } from '../storage/open-store.js';
 import type { ObjectStore } from '../storage/store.js';
 import { hashing, offloadedHasher } from '../transfer/content-hash-pool.js';
-import type { ContentHasher } from '../transfer/content-hash.js';
+import { MANIFEST_CHUNK, type ContentHasher } from '../transfer/content-hash.js';
 import { checkContentAgainstManifest, checkObjectAgainstManifest, readManifest, type Manifest } from '../transfer/manifest.js';
 
 export interface ImportOptions {
@@ -111,7 +111,7 @@ async function openSource(source: string, opts: ImportOptions): Promise<Opened> 
         remedy: 'The object does not hold the uploaded disk: upload it again.',
       });
     }
-    return { image, manifest, objectSource: src, store, sourceId: `object:${info.size}:${info.etag ?? ''}` };
+    return { image, manifest, objectSource: src, store, sourceId: `object:${info.size}:${info.etag ?? ''}:${info.metadata['http-etag'] ?? ''}:${info.metadata['http-last-modified'] ?? ''}` };
   } catch (err) {
     store.close();
     throw err;
@@ -153,6 +153,8 @@ export async function importImage(source: string, target: string, opts: ImportOp
       ...(resumeAt ? { resumeAt } : {}),
       ...(opts.checkpoint ? { checkpoint: opts.checkpoint } : {}),
       ...(opts.maxInFlightBytes ? { maxInFlightBytes: opts.maxInFlightBytes } : {}),
+      // Whole 4 MiB chunks: hashed on the pool as they are, with no assembly copy.
+      minZeroRun: MANIFEST_CHUNK,
       ...(pool ? { pool } : { workers: 0 }),
       ...(opts.signal ? { signal: opts.signal } : {}),
       ...(opts.onProgress ? { onProgress: (p) => opts.onProgress!({ position: p.position, total: p.total }) } : {}),

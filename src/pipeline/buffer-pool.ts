@@ -8,9 +8,15 @@
 // SharedArrayBuffer, so worker threads read and write the same slots: jobs carry (offset, length)
 // references instead of transferring or copying buffers. When every slot is in use, take() falls
 // back to an ordinary buffer of its own (transferred to workers as before).
+//
+// A SharedArrayBuffer that went to a worker and came back is a new object over the same memory,
+// so give() cannot recognise the arena by identity: the arena's first page holds a random tag, and
+// a buffer over memory carrying this pool's tag is one of its slots.
+import { randomBytes } from 'node:crypto';
 import type { TransferListItem } from 'node:worker_threads';
 
 const WASM_PAGE = 64 * 1024;
+const TAG_BYTES = 16;
 
 /** The part of the WebAssembly API used here (the project's TypeScript lib has no DOM/wasm types). */
 interface SharedMemory {
@@ -45,6 +51,7 @@ export class BufferPool {
   private readonly free: number[] = [];
   private readonly inUse = new Set<number>();
   private carved = 0;
+  private readonly tag: Buffer;
 
   constructor(
     size: number,
@@ -52,12 +59,23 @@ export class BufferPool {
     private readonly slots: number,
   ) {
     this.slotSize = Math.ceil(size / WASM_PAGE) * WASM_PAGE;
-    const pages = (this.slotSize * slots) / WASM_PAGE;
+    // One more page in front: the tag.
+    const pages = (this.slotSize * slots) / WASM_PAGE + 1;
+    this.tag = randomBytes(TAG_BYTES);
     try {
-      this.memory = pages > 0 ? new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true }) : undefined;
+      this.memory = slots > 0 && size > 0 ? new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true }) : undefined;
     } catch {
       this.memory = undefined; // no address space for it: ordinary buffers only
     }
+    if (this.memory) this.tag.copy(Buffer.from(this.memory.buffer, 0, TAG_BYTES));
+  }
+
+  /** Whether `buf` lies in this pool's arena (also when its SharedArrayBuffer came back from a worker). */
+  private owns(buf: Buffer): boolean {
+    const ab = buf.buffer;
+    if (!this.memory) return false;
+    if (ab === this.memory.buffer) return true;
+    return ab instanceof SharedArrayBuffer && ab.byteLength === this.memory.buffer.byteLength && this.tag.equals(Buffer.from(ab, 0, TAG_BYTES));
   }
 
   /** A buffer of `length` bytes (contents undefined): an arena slot when one is free. */
@@ -68,7 +86,7 @@ export class BufferPool {
   /** An arena slot of `length` bytes, or undefined when none is free (or it would not fit). */
   tryTake(length: number): Buffer | undefined {
     if (!this.memory || length > this.slotSize) return undefined;
-    const at = this.free.pop() ?? (this.carved < this.slots ? this.carved++ * this.slotSize : -1);
+    const at = this.free.pop() ?? (this.carved < this.slots ? WASM_PAGE + this.carved++ * this.slotSize : -1);
     if (at < 0) return undefined;
     this.inUse.add(at);
     return Buffer.from(this.memory.buffer, at, length);
@@ -76,7 +94,7 @@ export class BufferPool {
 
   /** Gives a slot back (buffers not from this arena are left to the garbage collector; twice is once). */
   give(buf: Buffer | undefined): void {
-    if (!buf || !this.memory || buf.buffer !== this.memory.buffer || !this.inUse.delete(buf.byteOffset)) return;
+    if (!buf || !this.owns(buf) || !this.inUse.delete(buf.byteOffset)) return;
     this.free.push(buf.byteOffset);
   }
 

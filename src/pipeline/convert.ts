@@ -43,6 +43,12 @@ export interface ConvertOptions {
   workers?: number;
   /** Bound on source bytes read ahead, and on bytes being encoded ahead of the writer (default 32 MiB each). */
   maxInFlightBytes?: number;
+  /**
+   * Zero runs shorter than this between data are read into the data chunks (see StreamOptions;
+   * the writer's zero detection still skips them), so chunks stay whole: fewer, larger pieces for
+   * the pool and for content hashing. Default 0.
+   */
+  minZeroRun?: number;
   onProgress?: (p: ConvertProgress) => void;
   /** Aborting stops the conversion with INTERRUPTED and removes the partial output. */
   signal?: AbortSignal;
@@ -187,6 +193,7 @@ async function pump(image: DiskImage, writer: ImageWriter, pool: WorkerPool | un
     workers,
     heldChunks,
     maxInFlightBytes: window,
+    ...(opts.minZeroRun ? { minZeroRun: opts.minZeroRun } : {}),
     ...(from ? { offset: from, length: image.virtualSize - from } : {}),
     ...(pool ? { pool } : {}),
   });

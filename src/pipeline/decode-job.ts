@@ -3,7 +3,7 @@
 // in a worker thread (compressed chunks) or on the main thread (host-only chunks, workers: 0), so
 // both paths produce the same bytes and the same errors.
 import { FerryError, type ErrorCode, ErrorCodes } from '../errors.js';
-import { decompressUnit } from '../image/decompress.js';
+import { decompressInto } from '../image/decompress.js';
 import type { Codec } from '../image/types.js';
 
 /** Copy `len` bytes of input `buf` at `from` to output offset `to`. */
@@ -57,6 +57,9 @@ function view(input: Input, from: number, len: number): Buffer {
   return input.subarray(from, from + len);
 }
 
+/** Scratch space for partly used units (one per thread). */
+let scratch: Buffer | undefined;
+
 /**
  * Runs a job: returns the chunk's bytes in a buffer of its own (transferable). Decoding errors
  * are IMAGE_CORRUPT FerryErrors whose details carry file, hostOffset and guestOffset.
@@ -72,17 +75,26 @@ export function runDecodeJob(inputs: Input[], outLength: number, ops: DecodeOp[]
     } else if (op.t === 'fill') {
       out.fill(0, op.to, op.to + op.len);
     } else {
-      // Several segments of one unit (qcow2 subclusters) decode it once.
-      if (!lastUnit || lastKey !== op.from || lastBuf !== op.buf) {
-        const name = names[op.file] ?? '?';
+      const name = names[op.file] ?? '?';
+      const where = `${name}: compressed unit at host offset ${op.hostOffset} (guest offset ${op.guestOffset})`;
+      if (op.skip === 0 && op.len === op.unitSize) {
+        // The whole unit lands in the chunk: decode it in place.
         try {
-          lastUnit = decompressUnit(
-            op.codec,
-            view(inputs[op.buf]!, op.from, op.avail),
-            op.unitSize,
-            `${name}: compressed unit at host offset ${op.hostOffset} (guest offset ${op.guestOffset})`,
-          );
+          decompressInto(op.codec, view(inputs[op.buf]!, op.from, op.avail), out.subarray(op.to, op.to + op.len), where);
         } catch (err) {
+          throw withOffsets(err, name, op.hostOffset, op.guestOffset);
+        }
+        continue;
+      }
+      // Part of a unit: decode it into scratch space; several segments of one unit (qcow2
+      // subclusters, a unit split by the chunk grid) decode it once.
+      if (!lastUnit || lastKey !== op.from || lastBuf !== op.buf) {
+        if (!scratch || scratch.length < op.unitSize) scratch = Buffer.allocUnsafeSlow(op.unitSize);
+        lastUnit = scratch.subarray(0, op.unitSize);
+        try {
+          decompressInto(op.codec, view(inputs[op.buf]!, op.from, op.avail), lastUnit, where);
+        } catch (err) {
+          lastUnit = undefined;
           throw withOffsets(err, name, op.hostOffset, op.guestOffset);
         }
         lastKey = op.from;
@@ -91,7 +103,7 @@ export function runDecodeJob(inputs: Input[], outLength: number, ops: DecodeOp[]
       if (op.skip + op.len > lastUnit.length) {
         throw new FerryError('INTERNAL', `compressed segment exceeds its unit (${op.skip}+${op.len} > ${lastUnit.length})`, {
           remedy: 'This is a bug in Ferry; please report it with the output of `ferry image info --json`.',
-          details: { file: names[op.file] ?? '?', hostOffset: op.hostOffset, guestOffset: op.guestOffset },
+          details: { file: name, hostOffset: op.hostOffset, guestOffset: op.guestOffset },
         });
       }
       lastUnit.copy(out, op.to, op.skip, op.skip + op.len);

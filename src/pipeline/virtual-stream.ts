@@ -197,8 +197,10 @@ export async function* streamVirtual(image: DiskImage, opts: StreamOptions = {})
   let planDone = false;
 
   // Chunk buffers from a shared arena: a bit larger than a chunk, so compressed input ranges fit
-  // too; enough slots for the readahead and for what a consumer may still hold.
-  const buffers = new BufferPool(chunkSize + chunkSize / 4, Math.ceil(maxInFlight / chunkSize) + (opts.heldChunks ?? 8));
+  // too; enough slots for the readahead (a chunk in flight holds its input ranges and its output:
+  // two or more slots) and for what a consumer may still hold. Slots cost address space, and
+  // memory only once used; running out falls back to fresh buffers (garbage, copies, transfers).
+  const buffers = new BufferPool(chunkSize + chunkSize / 4, 3 * Math.ceil(maxInFlight / chunkSize) + (opts.heldChunks ?? 8) + 4);
   const dataChunk = (item: Extract<PlanItem, { type: 'data' }>, data: Buffer): VirtualChunk => ({
     offset: item.offset,
     length: item.length,

@@ -1,10 +1,11 @@
 // Object locations as users write them: `s3://bucket/key`, `cos://bucket-appid/key` (Tencent COS),
 // `file:///dir/key` or `file://dir/key` (a local directory as the object store: the embedded
-// default). Parsing only; the store for a location is opened by storage/open-store.ts.
+// default), and `https://host/dir/name` (read-only: a file on a web server or a presigned URL;
+// the "bucket" is the directory URL, the key the name with any query). Parsing only; the store for a location is opened by storage/open-store.ts.
 import { resolve } from 'node:path';
 import { FerryError } from '../errors.js';
 
-export type StoreScheme = 's3' | 'cos' | 'file';
+export type StoreScheme = 's3' | 'cos' | 'file' | 'http' | 'https';
 
 export interface ObjectLocation {
   scheme: StoreScheme;
@@ -16,7 +17,7 @@ export interface ObjectLocation {
   url: string;
 }
 
-const URL_RE = /^(s3|cos|file):\/\/(.*)$/;
+const URL_RE = /^(s3|cos|file|https?):\/\/(.*)$/;
 
 /** True when `text` names an object (s3://, cos://, file://) rather than a local path. */
 export function isObjectUrl(text: string): boolean {
@@ -36,6 +37,18 @@ export function parseLocation(text: string, requireKey = true): ObjectLocation {
   if (!m) throw bad(text, 'not an object location', 'Write s3://BUCKET/KEY, cos://BUCKET-APPID/KEY or file:///DIR/KEY.');
   const scheme = m[1] as StoreScheme;
   const rest = m[2]!;
+  if (scheme === 'http' || scheme === 'https') {
+    let u: URL;
+    try {
+      u = new URL(text);
+    } catch {
+      throw bad(text, 'not a valid URL', 'Write https://HOST/PATH/NAME.');
+    }
+    const slash = u.pathname.lastIndexOf('/');
+    const name = u.pathname.slice(slash + 1);
+    if (requireKey && !name) throw bad(text, 'the URL names a directory, not a file', 'Give the URL of the image file.');
+    return { scheme, bucket: `${u.origin}${u.pathname.slice(0, slash + 1)}`, key: name + u.search, url: text };
+  }
   if (scheme === 'file') {
     const path = resolve(rest);
     const slash = path.lastIndexOf('/');

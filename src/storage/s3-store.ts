@@ -154,9 +154,9 @@ export class S3Store implements ObjectStore {
     if (length <= 0) return Buffer.alloc(0);
     try {
       const r = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key, Range: `bytes=${offset}-${offset + length - 1}` }), signal ? { abortSignal: signal } : {});
-      const bytes = await r.Body!.transformToByteArray();
+      const bytes = await readBody(r.Body as AsyncIterable<Uint8Array>, length);
       this.bytesRead += bytes.length;
-      return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
+      return bytes;
     } catch (err) {
       if (status(err) === 416) return Buffer.alloc(0);
       throw this.translate(err, `reading ${this.name}/${key} (bytes ${offset}..${offset + length})`, key);
@@ -366,4 +366,19 @@ function status(err: unknown): number | undefined {
 
 function isNoSuchBucket(err: unknown): boolean {
   return errorName(err) === 'NoSuchBucket';
+}
+
+/**
+ * Reads a response body into one buffer of the expected length (one copy per network chunk,
+ * instead of collecting the chunks and concatenating them). A longer body is cut at `length`.
+ */
+async function readBody(body: AsyncIterable<Uint8Array>, length: number): Promise<Buffer> {
+  const out = Buffer.allocUnsafeSlow(length);
+  let at = 0;
+  for await (const chunk of body) {
+    const n = Math.min(chunk.length, length - at);
+    if (n > 0) out.set(n === chunk.length ? chunk : chunk.subarray(0, n), at);
+    at += n;
+  }
+  return at === length ? out : out.subarray(0, at);
 }
