@@ -17,6 +17,9 @@ command -v genisoimage >/dev/null || need+=(genisoimage)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v grub-mkimage >/dev/null || need+=(grub-common)
 command -v cpio >/dev/null || need+=(cpio)
+# The online-migration test: network namespaces, veth pairs, tc shaping (iproute2), fsfreeze.
+command -v tc >/dev/null || need+=(iproute2)
+command -v fsfreeze >/dev/null || need+=(util-linux)
 # The https:// source test (test/http-source.test.ts): a real web server, started by the test.
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v openssl >/dev/null || need+=(openssl)

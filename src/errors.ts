@@ -13,6 +13,7 @@ export const ExitCode = {
   TARGET: 7, // the output cannot be written: exists, no space, read-only, in use, too small
   STORAGE: 8, // object storage refused or failed: credentials, bucket, object, endpoint
   INTEGRITY: 9, // data does not match its recorded checksums, or an upload/object is incomplete
+  NETWORK: 10, // online migration: the receiver cannot be reached, is not the pinned one, or refused the token
   USAGE: 64, // bad command line
   INTERRUPTED: 130, // stopped by SIGINT/SIGTERM (128 + 2)
   INTERNAL: 70, // a bug in Ferry
@@ -55,6 +56,10 @@ export const ErrorCodes = {
   STORAGE_ERROR: ExitCode.STORAGE,
   STORAGE_CONFIG: ExitCode.USAGE,
   UPLOAD_INCOMPLETE: ExitCode.INTEGRITY,
+  RECEIVER_UNREACHABLE: ExitCode.NETWORK,
+  FINGERPRINT_MISMATCH: ExitCode.NETWORK,
+  TOKEN_REJECTED: ExitCode.NETWORK,
+  PROTOCOL_ERROR: ExitCode.NETWORK,
   CHECKSUM_MISMATCH: ExitCode.INTEGRITY,
 } as const;
 export type ErrorCode = keyof typeof ErrorCodes;

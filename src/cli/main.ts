@@ -8,6 +8,7 @@ import { registerImageCommands } from './commands/image.js';
 import { registerTransferCommands } from './commands/transfer.js';
 import { registerImportCommand } from './commands/import.js';
 import { registerJobsCommands } from './commands/jobs.js';
+import { registerOnlineCommands } from './commands/online.js';
 import { asFerryError, printError } from './output.js';
 
 
@@ -30,6 +31,7 @@ export function buildProgram(state: RunState): Command {
   registerTransferCommands(program, state);
   registerImportCommand(program, state);
   registerJobsCommands(program, state);
+  registerOnlineCommands(program, state);
   return program;
 }
 

@@ -1,0 +1,141 @@
+// `ferry receive` (migration mode on the target machine) and `ferry migrate` (on the source):
+// option parsing, JSON-lines events, and rendering for src/online/.
+import type { Command } from 'commander';
+import { migrate, type MigrateEvent } from '../../online/sender.js';
+import { startReceiver } from '../../online/receiver.js';
+import { humanBytes } from '../format.js';
+import { makeOutput } from '../output.js';
+import type { RunState } from '../main.js';
+import { interruptSignal, usage } from './shared.js';
+import { parseRate } from './transfer.js';
+
+function pairs(list: string[], what: string, example: string): [string, string][] {
+  return list.map((p) => {
+    const i = p.indexOf('=');
+    if (i <= 0 || i === p.length - 1) throw usage(`${what} '${p}' is not A=B`, `For example ${example}.`);
+    return [p.slice(0, i), p.slice(i + 1)];
+  });
+}
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+function intOption(text: string | undefined, what: string, min: number, max: number): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min || n > max) throw usage(`${what} '${text}' is not a whole number from ${min} to ${max}`, `Give ${what} as a number.`);
+  return n;
+}
+
+export function registerOnlineCommands(program: Command, state: RunState): void {
+  void state;
+  program
+    .command('receive')
+    .description('put this machine in migration mode: receive disks from `ferry migrate` over TLS')
+    .requiredOption('--listen <addr>', 'HOST:PORT to listen on (e.g. 0.0.0.0:7878)')
+    .option('--disk <name=path>', 'a target disk the sender may write (repeatable): NAME=/dev/sdX or a file', collect)
+    .option('--token <token>', 'the token senders must present (default: FERRY_TOKEN, else a new random one, printed once)')
+    .option('--state-dir <dir>', 'where the certificate and the record of written chunks live')
+    .option('--json', 'JSON lines: first {address, fingerprint, token}, then events')
+    .action(async (flags: { listen: string; disk?: string[]; token?: string; stateDir?: string; json?: boolean }) => {
+      const disks = pairs(flags.disk ?? [], '--disk', '--disk root=/dev/vdb').map(([name, path]) => ({ name, path }));
+      const token = flags.token ?? process.env.FERRY_TOKEN;
+      const line = (o: object) => process.stdout.write(JSON.stringify(o) + '\n');
+      // Events before the address line are held back: that line comes first.
+      let early: object[] | undefined = [];
+      const r = await startReceiver({
+        listen: flags.listen,
+        disks,
+        ...(token ? { token } : {}),
+        ...(flags.stateDir ? { stateDir: flags.stateDir } : {}),
+        onEvent: (e) => {
+          if (e.event === 'listening') return;
+          if (flags.json) {
+            if (early) early.push({ ...e, at: new Date().toISOString() });
+            else line({ ...e, at: new Date().toISOString() });
+          } else process.stderr.write(`${new Date().toISOString()} ${e.event} ${Object.entries(e).filter(([k]) => k !== 'event').map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : String(v)}`).join(' ')}\n`);
+        },
+      });
+      if (flags.json) {
+        line({ address: r.address, fingerprint: r.fingerprint, token: r.token, disks: disks.map((d) => d.name) });
+        for (const e of early) line(e);
+      } else {
+        process.stdout.write(`receiving on ${r.address} (disks: ${disks.map((d) => `${d.name}=${d.path}`).join(', ')})\n`);
+        process.stdout.write(`certificate fingerprint: ${r.fingerprint}\n`);
+        process.stdout.write(token ? 'token: as given\n' : `token: ${r.token}\n`);
+        process.stdout.write(`on the source: ferry migrate --target ADDRESS:${r.port} --fingerprint ${r.fingerprint} --token … --disk SOURCE=${disks[0]?.name ?? 'NAME'}\n`);
+      }
+      early = undefined;
+      const { signal, dispose } = interruptSignal();
+      await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+      dispose();
+      await r.close();
+    });
+
+  program
+    .command('migrate')
+    .description('stream this machine\'s disks to a receiver: used blocks only, compressed, verified; resumable and incremental')
+    .requiredOption('--target <addr>', 'the receiver, HOST:PORT')
+    .option('--token <token>', 'the receiver\'s token (default: FERRY_TOKEN)')
+    .requiredOption('--fingerprint <sha256>', 'the receiver\'s certificate fingerprint, as it printed it')
+    .option('--disk <source=name>', 'a source disk and the receiver\'s name for it (repeatable): /dev/vda=root', collect)
+    .option('--bandwidth <rate>', 'limit the rate on the wire: bytes/s (10M) or bits/s (80Mbit)')
+    .option('--rounds <n>', 'rounds in all; each after the first sends only what changed (default 1)')
+    .option('--streams <n>', 'parallel TLS streams (default 4)')
+    .option('--level <n>', 'zstd level 1–19 (default 3)')
+    .option('--no-compress', 'send data uncompressed')
+    .option('--freeze <mountpoint>', 'freeze this file system during the last round (repeatable)', collect)
+    .option('--dry-run', 'connect, check and estimate, then stop')
+    .option('--json', 'one JSON document at the end; events as JSON lines on stderr')
+    .action(async (flags: { target: string; token?: string; fingerprint: string; disk?: string[]; bandwidth?: string; rounds?: string; streams?: string; level?: string; compress: boolean; freeze?: string[]; dryRun?: boolean; json?: boolean }) => {
+      const token = flags.token ?? process.env.FERRY_TOKEN;
+      if (!token) throw usage('no token', 'Pass --token or set FERRY_TOKEN (the receiver printed it when it started).');
+      const disks = pairs(flags.disk ?? [], '--disk', '--disk /dev/vda=root').map(([source, name]) => ({ source, name }));
+      if (disks.length === 0) throw usage('no disk to migrate', 'Give at least one --disk SOURCE=NAME.');
+      const level = flags.compress ? (intOption(flags.level, '--level', 1, 19) ?? 3) : undefined;
+      const { signal, dispose } = interruptSignal();
+      const out = makeOutput(!!flags.json);
+      const onEvent = (e: MigrateEvent) => {
+        if (flags.json) {
+          process.stderr.write(JSON.stringify(e) + '\n');
+          return;
+        }
+        if (e.event === 'preflight') {
+          for (const d of e.disks) out.note(`${d.name} <- ${d.source}: ${humanBytes(d.size)}, ${humanBytes(d.used)} to move (${d.regions.map((r) => r.what).join('; ')})`);
+          if (e.estimateSeconds !== undefined) out.note(`estimate at the bandwidth limit: ${e.estimateSeconds.toFixed(0)} s before compression`);
+        } else if (e.event === 'progress') {
+          process.stderr.write(`\rround ${e.round}: ${e.chunksDone}/${e.chunks} chunks, ${humanBytes(e.bytesSent)} sent at ${humanBytes(e.rate)}/s${e.etaSeconds !== undefined ? `, ETA ${e.etaSeconds.toFixed(0)} s` : ''}   `);
+        } else if (e.event === 'round') {
+          process.stderr.write('\n');
+          out.note(`round ${e.round}${e.frozen ? ' (frozen)' : ''}: ${e.chunksSent} of ${e.chunks} chunks sent, ${humanBytes(e.bytesSent)} on the wire for ${humanBytes(e.dataBytes)} of data, ${e.seconds.toFixed(1)} s`);
+        } else if (e.event === 'reconnect') {
+          out.note(`connection lost (${e.reason}); retrying (attempt ${e.attempt})`);
+        }
+      };
+      try {
+        const report = await migrate({
+          target: flags.target,
+          token,
+          fingerprint: flags.fingerprint,
+          disks,
+          level,
+          ...(flags.bandwidth ? { bandwidth: parseRate(flags.bandwidth) } : {}),
+          ...(flags.rounds ? { rounds: intOption(flags.rounds, '--rounds', 1, 100)! } : {}),
+          ...(flags.streams ? { streams: intOption(flags.streams, '--streams', 1, 32)! } : {}),
+          ...(flags.freeze?.length ? { freeze: flags.freeze } : {}),
+          ...(flags.dryRun ? { dryRun: true } : {}),
+          signal,
+          onEvent,
+        });
+        out.result(report, () =>
+          report.dryRun
+            ? 'dry run: the receiver is reachable, accepted the token and has room for every disk'
+            : [
+                ...report.disks.map((d) => `${d.name}: ${d.verified ? `verified (${d.checked} chunks re-read on the target match)` : 'NOT verified'}`),
+                `${humanBytes(report.bytesSent)} sent in ${report.seconds.toFixed(1)} s; effective rate ${humanBytes(report.effectiveRate)}/s of disk`,
+              ].join('\n'),
+        );
+      } finally {
+        dispose();
+      }
+    });
+}
