@@ -60,6 +60,7 @@ export const ErrorCodes = {
   FINGERPRINT_MISMATCH: ExitCode.NETWORK,
   TOKEN_REJECTED: ExitCode.NETWORK,
   PROTOCOL_ERROR: ExitCode.NETWORK,
+  HOOK_FAILED: ExitCode.FAILED,
   CHECKSUM_MISMATCH: ExitCode.INTEGRITY,
 } as const;
 export type ErrorCode = keyof typeof ErrorCodes;

@@ -54,6 +54,8 @@ export interface MigrateOptions {
   level?: number | undefined;
   /** Mount points to freeze (fsfreeze) during the last round. */
   freeze?: string[];
+  /** Shell command run before the last round (e.g. stopping services for the cutover); it must succeed. */
+  beforeFinalRound?: string;
   /** Stop after the preflight. */
   dryRun?: boolean;
   /** How long to keep retrying a lost connection (default 600 s). */
@@ -243,6 +245,17 @@ async function freezeAll(mounts: string[]): Promise<() => Promise<void>> {
   };
 }
 
+async function runHook(command: string): Promise<void> {
+  try {
+    await run('sh', ['-c', command], { maxBuffer: 16 * 1024 * 1024 });
+  } catch (err) {
+    const e = err as { code?: number; stderr?: string };
+    throw new FerryError('HOOK_FAILED', `the command before the final round failed (exit ${e.code ?? '?'}): ${(e.stderr ?? '').trim().slice(0, 300)}`, {
+      remedy: 'Fix the command (it runs with sh -c on the source), or run without --before-final-round.',
+    });
+  }
+}
+
 export async function migrate(opts: MigrateOptions): Promise<MigrateReport> {
   const started = Date.now();
   const rounds = opts.rounds ?? 1;
@@ -284,6 +297,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateReport> {
 
     for (let round = 1; round <= rounds; round++) {
       const last = round === rounds;
+      if (last && opts.beforeFinalRound) await runHook(opts.beforeFinalRound);
       const thaw = last && opts.freeze?.length ? await freezeAll(opts.freeze) : undefined;
       try {
         {

@@ -84,9 +84,10 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
     .option('--level <n>', 'zstd level 1–19 (default 3)')
     .option('--no-compress', 'send data uncompressed')
     .option('--freeze <mountpoint>', 'freeze this file system during the last round (repeatable)', collect)
+    .option('--before-final-round <command>', 'run this shell command before the last round (e.g. stop services); it must succeed')
     .option('--dry-run', 'connect, check and estimate, then stop')
     .option('--json', 'one JSON document at the end; events as JSON lines on stderr')
-    .action(async (flags: { target: string; token?: string; fingerprint: string; disk?: string[]; bandwidth?: string; rounds?: string; streams?: string; level?: string; compress: boolean; freeze?: string[]; dryRun?: boolean; json?: boolean }) => {
+    .action(async (flags: { target: string; token?: string; fingerprint: string; disk?: string[]; bandwidth?: string; rounds?: string; streams?: string; level?: string; compress: boolean; freeze?: string[]; beforeFinalRound?: string; dryRun?: boolean; json?: boolean }) => {
       const token = flags.token ?? process.env.FERRY_TOKEN;
       if (!token) throw usage('no token', 'Pass --token or set FERRY_TOKEN (the receiver printed it when it started).');
       const disks = pairs(flags.disk ?? [], '--disk', '--disk /dev/vda=root').map(([source, name]) => ({ source, name }));
@@ -122,6 +123,7 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
           ...(flags.rounds ? { rounds: intOption(flags.rounds, '--rounds', 1, 100)! } : {}),
           ...(flags.streams ? { streams: intOption(flags.streams, '--streams', 1, 32)! } : {}),
           ...(flags.freeze?.length ? { freeze: flags.freeze } : {}),
+          ...(flags.beforeFinalRound ? { beforeFinalRound: flags.beforeFinalRound } : {}),
           ...(flags.dryRun ? { dryRun: true } : {}),
           signal,
           onEvent,
