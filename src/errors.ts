@@ -61,6 +61,7 @@ export const ErrorCodes = {
   TOKEN_REJECTED: ExitCode.NETWORK,
   PROTOCOL_ERROR: ExitCode.NETWORK,
   HOOK_FAILED: ExitCode.FAILED,
+  CONFIG_INVALID: ExitCode.USAGE,
   CHECKSUM_MISMATCH: ExitCode.INTEGRITY,
 } as const;
 export type ErrorCode = keyof typeof ErrorCodes;

@@ -3,6 +3,9 @@
 import type { Command } from 'commander';
 import { migrate, type MigrateEvent } from '../../online/sender.js';
 import { startReceiver } from '../../online/receiver.js';
+import { loadMigrateConfig } from '../../online/config.js';
+import { configText, detectDisks } from '../../online/init.js';
+import { existsSync, writeFileSync } from 'node:fs';
 import { humanBytes } from '../format.js';
 import { makeOutput } from '../output.js';
 import type { RunState } from '../main.js';
@@ -74,9 +77,10 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
   program
     .command('migrate')
     .description('stream this machine\'s disks to a receiver: used blocks only, compressed, verified; resumable and incremental')
-    .requiredOption('--target <addr>', 'the receiver, HOST:PORT')
+    .option('--config <file>', 'settings from this YAML file (`ferry init` writes one); flags override it')
+    .option('--target <addr>', 'the receiver, HOST:PORT')
     .option('--token <token>', 'the receiver\'s token (default: FERRY_TOKEN)')
-    .requiredOption('--fingerprint <sha256>', 'the receiver\'s certificate fingerprint, as it printed it')
+    .option('--fingerprint <sha256>', 'the receiver\'s certificate fingerprint, as it printed it')
     .option('--disk <source=name>', 'a source disk and the receiver\'s name for it (repeatable): /dev/vda=root', collect)
     .option('--bandwidth <rate>', 'limit the rate on the wire: bytes/s (10M) or bits/s (80Mbit)')
     .option('--rounds <n>', 'rounds in all; each after the first sends only what changed (default 1)')
@@ -87,12 +91,21 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
     .option('--before-final-round <command>', 'run this shell command before the last round (e.g. stop services); it must succeed')
     .option('--dry-run', 'connect, check and estimate, then stop')
     .option('--json', 'one JSON document at the end; events as JSON lines on stderr')
-    .action(async (flags: { target: string; token?: string; fingerprint: string; disk?: string[]; bandwidth?: string; rounds?: string; streams?: string; level?: string; compress: boolean; freeze?: string[]; beforeFinalRound?: string; dryRun?: boolean; json?: boolean }) => {
-      const token = flags.token ?? process.env.FERRY_TOKEN;
+    .action(async (flags: { config?: string; target?: string; token?: string; fingerprint?: string; disk?: string[]; bandwidth?: string; rounds?: string; streams?: string; level?: string; compress: boolean; freeze?: string[]; beforeFinalRound?: string; dryRun?: boolean; json?: boolean }) => {
+      const cfg = flags.config ? loadMigrateConfig(flags.config) : undefined;
+      const token = flags.token ?? cfg?.token ?? process.env.FERRY_TOKEN;
       if (!token) throw usage('no token', 'Pass --token or set FERRY_TOKEN (the receiver printed it when it started).');
-      const disks = pairs(flags.disk ?? [], '--disk', '--disk /dev/vda=root').map(([source, name]) => ({ source, name }));
+      const targetAddr = flags.target ?? cfg?.target.address;
+      const fingerprint = flags.fingerprint ?? cfg?.target.fingerprint;
+      if (!targetAddr || !fingerprint) throw usage('no receiver given', 'Pass --target HOST:PORT and --fingerprint FP (or --config FILE).');
+      const disks = flags.disk?.length ? pairs(flags.disk, '--disk', '--disk /dev/vda=root').map(([source, name]) => ({ source, name })) : (cfg?.disks ?? []);
       if (disks.length === 0) throw usage('no disk to migrate', 'Give at least one --disk SOURCE=NAME.');
-      const level = flags.compress ? (intOption(flags.level, '--level', 1, 19) ?? 3) : undefined;
+      const level = !flags.compress || cfg?.compression === false ? undefined : (intOption(flags.level, '--level', 1, 19) ?? (cfg?.compression ? cfg.compression.level : 3));
+      const bandwidth = flags.bandwidth ?? (cfg?.bandwidth !== undefined ? String(cfg.bandwidth) : undefined);
+      const rounds = flags.rounds ? intOption(flags.rounds, '--rounds', 1, 100) : cfg?.rounds;
+      const streams = flags.streams ? intOption(flags.streams, '--streams', 1, 32) : cfg?.streams;
+      const freeze = flags.freeze?.length ? flags.freeze : cfg?.final_round?.freeze;
+      const before = flags.beforeFinalRound ?? cfg?.final_round?.before;
       const { signal, dispose } = interruptSignal();
       const out = makeOutput(!!flags.json);
       const onEvent = (e: MigrateEvent) => {
@@ -114,16 +127,16 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
       };
       try {
         const report = await migrate({
-          target: flags.target,
+          target: targetAddr,
           token,
-          fingerprint: flags.fingerprint,
+          fingerprint,
           disks,
           level,
-          ...(flags.bandwidth ? { bandwidth: parseRate(flags.bandwidth) } : {}),
-          ...(flags.rounds ? { rounds: intOption(flags.rounds, '--rounds', 1, 100)! } : {}),
-          ...(flags.streams ? { streams: intOption(flags.streams, '--streams', 1, 32)! } : {}),
-          ...(flags.freeze?.length ? { freeze: flags.freeze } : {}),
-          ...(flags.beforeFinalRound ? { beforeFinalRound: flags.beforeFinalRound } : {}),
+          ...(bandwidth ? { bandwidth: parseRate(bandwidth) } : {}),
+          ...(rounds ? { rounds } : {}),
+          ...(streams ? { streams } : {}),
+          ...(freeze?.length ? { freeze } : {}),
+          ...(before ? { beforeFinalRound: before } : {}),
           ...(flags.dryRun ? { dryRun: true } : {}),
           signal,
           onEvent,
@@ -139,5 +152,20 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
       } finally {
         dispose();
       }
+    });
+
+  program
+    .command('init')
+    .description('write a commented migration config for this machine (its disks detected)')
+    .option('--output <file>', 'where to write it', 'ferry.yaml')
+    .option('--target <addr>', 'the receiver, HOST:PORT')
+    .option('--fingerprint <sha256>', 'the receiver\'s certificate fingerprint')
+    .option('--force', 'replace an existing file')
+    .option('--json', 'print the detected disks as JSON too')
+    .action((flags: { output: string; target?: string; fingerprint?: string; force?: boolean; json?: boolean }) => {
+      if (existsSync(flags.output) && !flags.force) throw usage(`${flags.output} exists`, 'Pass --force to replace it, or --output another file.');
+      const disks = detectDisks();
+      writeFileSync(flags.output, configText(disks, { ...(flags.target ? { address: flags.target } : {}), ...(flags.fingerprint ? { fingerprint: flags.fingerprint } : {}) }), { mode: 0o600 });
+      makeOutput(!!flags.json).result({ file: flags.output, disks }, () => `wrote ${flags.output} (${disks.length} disk(s): ${disks.map((d) => d.device).join(', ') || 'none found'}); edit it, then: FERRY_TOKEN=… ferry migrate --config ${flags.output}`);
     });
 }
