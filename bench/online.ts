@@ -91,11 +91,24 @@ function inNs(net: NetPair, ns: string, cmd: string[]): ChildProcess {
 
 async function firstLine(c: ChildProcess): Promise<string> {
   let out = '';
-  for await (const d of c.stdout!) {
-    out += (d as Buffer).toString();
-    if (out.includes('\n')) return out.split('\n')[0]!;
-  }
-  throw new Error('no output');
+  let err = '';
+  c.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  return new Promise((resolve, reject) => {
+    // Keep reading after the first line: the receiver goes on logging.
+    c.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) resolve(out.split('\n')[0]!);
+    });
+    c.once('close', () => reject(new Error(`the receiver did not start: ${err.trim()}`)));
+  });
+}
+
+/** Stops a child and waits for it (if it still runs). */
+async function stop(c: ChildProcess): Promise<void> {
+  if (c.exitCode !== null || c.signalCode !== null) return;
+  const closed = new Promise((r) => c.once('close', r));
+  c.kill('SIGTERM');
+  await closed;
 }
 
 async function timed(cmd: string[]): Promise<number> {
@@ -112,14 +125,15 @@ async function ferryRun(net: NetPair, source: string): Promise<{ wall: number; s
   try {
     const hello = JSON.parse(await firstLine(recv)) as { fingerprint: string; token: string };
     const t0 = process.hrtime.bigint();
-    const p = await mustExec('ip', ['netns', 'exec', net.a, process.execPath, FERRY, 'migrate', '--json', '--target', `${net.addrB}:7878`, '--fingerprint', hello.fingerprint, '--token', hello.token, '--disk', `${source}=root`]);
+    const p = await exec('ip', ['netns', 'exec', net.a, process.execPath, FERRY, 'migrate', '--json', '--target', `${net.addrB}:7878`, '--fingerprint', hello.fingerprint, '--token', hello.token, '--disk', `${source}=root`, ...(process.env.FERRY_MIGRATE_ARGS ?? '').split(' ').filter(Boolean)]);
+    if (p.code !== 0) throw new Error(`ferry migrate failed (exit ${p.code}): ${p.stdout}`);
     const wall = Number(process.hrtime.bigint() - t0) / 1e9;
-    const rep = JSON.parse(p.stdout) as { bytesSent: number; disks: { verified: boolean }[] };
+    const rep = JSON.parse(p.stdout) as { bytesSent: number; seconds: number; rounds: { seconds: number }[]; disks: { verified: boolean }[] };
+    if (process.env.FERRY_BENCH_VERBOSE) console.log(`  ferry: total ${rep.seconds.toFixed(1)} s, sending ${rep.rounds.map((r) => r.seconds.toFixed(1)).join('+')} s`);
     if (!rep.disks[0]?.verified) throw new Error('ferry: not verified');
     return { wall, sent: rep.bytesSent };
   } finally {
-    recv.kill('SIGTERM');
-    await new Promise((r) => recv.once('close', r));
+    await stop(recv);
     await exec('losetup', ['-d', t.dev]);
   }
 }
@@ -129,8 +143,9 @@ async function ddGzipNc(net: NetPair, source: string): Promise<number> {
   rmSync(t, { force: true });
   const recv = inNs(net, net.b, ['bash', '-c', `nc -l ${net.addrB} 9000 | gunzip > ${t}`]);
   await new Promise((r) => setTimeout(r, 300));
+  const closed = new Promise((r) => recv.once('close', r));
   const wall = await timed(['ip', 'netns', 'exec', net.a, 'bash', '-c', `dd if=${source} bs=4M status=none | gzip -1 | nc -N ${net.addrB} 9000`]);
-  await new Promise((r) => recv.once('close', r));
+  await closed;
   if (statSync(t).size !== SIZE) throw new Error('dd | gzip | nc: incomplete copy');
   return wall;
 }
@@ -151,7 +166,7 @@ async function rsyncRun(net: NetPair, z: boolean): Promise<number> {
     await new Promise((r) => setTimeout(r, 500));
     return await timed(['ip', 'netns', 'exec', net.a, 'rsync', z ? '-aHAXz' : '-aHAX', `${ms}/`, `rsync://${net.addrB}:8873/mod/`]);
   } finally {
-    daemon.kill('SIGTERM');
+    await stop(daemon);
     await exec('umount', [ms]);
     await exec('umount', [mt]);
     await exec('losetup', ['-d', src]);
@@ -161,7 +176,8 @@ async function rsyncRun(net: NetPair, z: boolean): Promise<number> {
 }
 
 async function main(): Promise<void> {
-  const args = parseBenchArgs(process.argv.slice(2), 'node dist/bench/online.js [--runs N]');
+  const args = parseBenchArgs(process.argv.slice(2), 'node dist/bench/online.js [--runs N] [--only ferry,rsyncz,rsync,dd,random]', true);
+  const want = (k: string) => !args.only || args.only.includes(k);
   await build();
   await warnIfBusy();
   const net = netPair('100mbit');
@@ -172,14 +188,16 @@ async function main(): Promise<void> {
   try {
     for (let i = 1; i <= args.runs; i++) {
       console.log(`run ${i}/${args.runs} …`);
-      const f = await ferryRun(net, srcDev);
-      runs.ferry!.push(f.wall);
-      sent = f.sent;
-      runs.rsyncz!.push(await rsyncRun(net, true));
-      runs.rsync!.push(await rsyncRun(net, false));
-      runs.random!.push((await ferryRun(net, rndDev)).wall);
-      runs.dd!.push(await ddGzipNc(net, srcDev));
-      console.log(`  ferry ${runs.ferry!.at(-1)!.toFixed(1)} s, rsync -aHAXz ${runs.rsyncz!.at(-1)!.toFixed(1)} s, rsync -aHAX ${runs.rsync!.at(-1)!.toFixed(1)} s, dd|gzip -1|nc ${runs.dd!.at(-1)!.toFixed(1)} s, ferry (random disk) ${runs.random!.at(-1)!.toFixed(1)} s`);
+      if (want('ferry')) {
+        const f = await ferryRun(net, srcDev);
+        runs.ferry!.push(f.wall);
+        sent = f.sent;
+      }
+      if (want('rsyncz')) runs.rsyncz!.push(await rsyncRun(net, true));
+      if (want('rsync')) runs.rsync!.push(await rsyncRun(net, false));
+      if (want('random')) runs.random!.push((await ferryRun(net, rndDev)).wall);
+      if (want('dd')) runs.dd!.push(await ddGzipNc(net, srcDev));
+      console.log('  ' + Object.entries(runs).filter(([, v]) => v.length).map(([k, v]) => `${k} ${v.at(-1)!.toFixed(1)} s`).join(', '));
     }
   } finally {
     await exec('losetup', ['-d', srcDev]);
@@ -187,7 +205,7 @@ async function main(): Promise<void> {
     net.remove();
   }
   const line = SIZE / LINK;
-  const m = (k: string) => median(runs[k]!);
+  const m = (k: string) => (runs[k]!.length ? median(runs[k]!) : NaN);
   const eff = (w: number) => `${(line / w).toFixed(2)}×`;
   const rows = [
     ['ferry migrate', m('ferry').toFixed(1), eff(m('ferry')), `≤ rsync -aHAXz (${m('rsyncz').toFixed(1)} s)`, m('ferry') <= m('rsyncz') ? 'PASS' : 'FAIL'],

@@ -69,6 +69,22 @@ interface OpenDisk {
   handle: FileHandle;
   size: number;
   isDevice: boolean;
+  /** Bytes written since the last flush began, and the flush running in the background. */
+  unflushed: number;
+  flushing?: Promise<void> | undefined;
+}
+
+/** Written bytes after which a background flush starts (so the final one finds little to do). */
+const FLUSH_EVERY = 64 * 1024 * 1024;
+
+function wrote(d: OpenDisk, n: number): void {
+  d.unflushed += n;
+  if (d.unflushed < FLUSH_EVERY || d.flushing) return;
+  d.unflushed = 0;
+  d.flushing = d.handle
+    .datasync()
+    .catch(() => {}) // the final, awaited flush reports errors
+    .finally(() => (d.flushing = undefined));
 }
 
 const SEEK_END = 2;
@@ -99,7 +115,7 @@ async function openDisk(d: ReceiveDisk): Promise<OpenDisk> {
     throw new FerryError('TARGET_NOT_WRITABLE', `disk ${d.name}: cannot open ${d.path} for writing (${code})`, { remedy: 'Run the receiver as root (block devices) or fix the permissions.' });
   }
   const size = isDevice ? Number(fsExt.seekSync(handle.fd, 0, SEEK_END)) : st.size;
-  return { name: d.name, path: d.path, target: await canonicalTarget(d.path), handle, size, isDevice };
+  return { name: d.name, path: d.path, target: await canonicalTarget(d.path), handle, size, isDevice, unflushed: 0 };
 }
 
 export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
@@ -211,11 +227,18 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
       unpackChunk(chunk, h.length, h.ranges, h.codec, payload, h.digest);
       // The chunk is being rewritten: until it is on the disk, it is not known.
       forget.run(d.target, h.offset);
-      for (const r of coalesce(h.ranges)) await d.handle.write(chunk, r.offset, r.length, h.offset + r.offset);
+      for (const r of coalesce(h.ranges)) {
+        await d.handle.write(chunk, r.offset, r.length, h.offset + r.offset);
+        wrote(d, r.length);
+      }
       record.run(d.target, h.offset, rangeBytes(h.ranges), h.digest);
       await sendFrame(socket, 'A', encodeAck(h.disk, h.offset));
     } else if (f.type === 'S') {
-      for (const d of mapped) await d.handle.datasync();
+      for (const d of mapped) {
+        await d.flushing;
+        await d.handle.datasync();
+        d.unflushed = 0;
+      }
       await sendFrame(socket, 's', {});
     } else if (f.type === 'V') {
       const v = json<{ disk: number; chunks: [number, string][] }>(f);

@@ -42,6 +42,9 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
     .action(async (flags: { listen: string; disk?: string[]; token?: string; stateDir?: string; json?: boolean }) => {
       const disks = pairs(flags.disk ?? [], '--disk', '--disk root=/dev/vdb').map(([name, path]) => ({ name, path }));
       const token = flags.token ?? process.env.FERRY_TOKEN;
+      // The receiver keeps receiving when whoever reads its log goes away.
+      process.stdout.on('error', () => {});
+      process.stderr.on('error', () => {});
       const line = (o: object) => process.stdout.write(JSON.stringify(o) + '\n');
       // Events before the address line are held back: that line comes first.
       let early: object[] | undefined = [];
