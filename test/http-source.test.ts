@@ -73,6 +73,7 @@ before(async () => {
   writeFileSync(
     join(dir, 'nginx.conf'),
     `daemon off;
+master_process off;
 user root;
 worker_processes 1;
 pid ${dir}/nginx.pid;
