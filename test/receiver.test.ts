@@ -4,11 +4,12 @@
 // mounted disk and a too-small disk are refused.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { connect, type TLSSocket } from 'node:tls';
 import { startReceiver, type Receiver } from '../src/online/receiver.js';
 import { FrameReader, CODEC_RAW, chunkDigest, encodeDataHeader, frame, sendFrame } from '../src/online/wire.js';
@@ -158,4 +159,30 @@ test('an unknown disk name, a too-small block device and a mounted disk are refu
   } finally {
     execFileSync('losetup', ['-d', fsDev]);
   }
+});
+
+test('ferry import onto a receiver\'s disk (ferry://HOST:PORT/NAME): written, read back and compared', async () => {
+  const raw = join(dir, 'src.raw');
+  const img = Buffer.alloc(6 * MiB);
+  randomBytes(MiB).copy(img, 512 * 1024); // data across a chunk boundary, zeros elsewhere
+  randomBytes(MiB).copy(img, 4 * MiB);
+  writeFileSync(raw, img);
+  const qcow2 = join(dir, 'src.qcow2');
+  execFileSync('qemu-img', ['convert', '-O', 'qcow2', raw, qcow2]);
+  writeFileSync(disk, Buffer.alloc(4 * MiB, 0xee)); // stale bytes the import must overwrite (zeros too)
+  const bin = fileURLToPath(new URL('../../bin/ferry.js', import.meta.url));
+  const run = (...args: string[]) =>
+    new Promise<{ code: number | null; stdout: string }>((resolve) => {
+      const c = spawn(process.execPath, [bin, ...args], { env: { ...process.env, FERRY_STATE_DIR: join(dir, 'jobs'), FERRY_DEBUG: '' } });
+      let stdout = '';
+      c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      c.on('close', (code) => resolve({ code, stdout }));
+    });
+  const r = await run('import', '--json', qcow2, '--target', `ferry://127.0.0.1:${rx.port}/d`, '--fingerprint', rx.fingerprint, '--token', 'secret-token');
+  assert.equal(r.code, 0, r.stdout);
+  assert.equal((JSON.parse(r.stdout) as { verified: string }).verified, 'reread');
+  assert.equal(sha(readFileSync(disk).subarray(0, 6 * MiB)), sha(img), 'the receiver\'s disk holds the image');
+  const bad = await run('import', '--json', qcow2, '--target', `ferry://127.0.0.1:${rx.port}/d`, '--fingerprint', rx.fingerprint, '--token', 'wrong-token');
+  assert.equal(bad.code, 10);
+  assert.equal((JSON.parse(bad.stdout) as { error: { code: string } }).error.code, 'TOKEN_REJECTED');
 });

@@ -19,6 +19,7 @@ import { importImage, type ImportResult } from '../migrate/import.js';
 import type { StoreOptions } from '../storage/open-store.js';
 import { JobStore, isRunning, type Job, type JobState } from './job-store.js';
 import { canonicalTarget, isTargetLocked, lockTarget, type TargetLock } from './target-lock.js';
+import { parseRemoteTarget } from '../online/remote-sink.js';
 
 /** Data bytes written between two durable checkpoints (what a kill can cost at most). */
 export const CHECKPOINT_BYTES = 32 * 1024 * 1024;
@@ -37,6 +38,8 @@ export interface ImportJobSpec {
   verify?: boolean;
   overwrite?: boolean;
   store?: StoreOptions;
+  /** A receiver's disk as the target (ferry://…): token and fingerprint (never stored in the job). */
+  remote?: { token: string; fingerprint: string };
 }
 
 export interface RunOptions {
@@ -45,6 +48,8 @@ export interface RunOptions {
   /** Learns the job (new or resumed) before it runs. */
   onJob?: (job: Job, resuming: boolean) => void;
   workers?: number;
+  /** Secrets of a remote target, for this run only. */
+  remote?: { token: string; fingerprint: string };
 }
 
 export interface JobOutcome {
@@ -79,7 +84,7 @@ function isBlockDevice(path: string): boolean {
  * there is one (and no process runs it), else records a new one.
  */
 export async function runImport(spec: ImportJobSpec, opts: RunOptions = {}): Promise<JobOutcome> {
-  const target = await canonicalTarget(spec.target);
+  const target = parseRemoteTarget(spec.target) ? spec.target : await canonicalTarget(spec.target);
   // The lock first: a job is recorded only when it may run.
   const lock = lockTarget(target, `import of ${spec.source}`);
   const jobs = JobStore.open();
@@ -99,7 +104,7 @@ export async function runImport(spec: ImportJobSpec, opts: RunOptions = {}): Pro
       job = jobs.create({ kind: 'import', source: spec.source, target, options });
     }
     lock.holder(job.id);
-    return await runJob(jobs, job, opts, earlier !== undefined, lock);
+    return await runJob(jobs, job, { ...opts, ...(spec.remote ? { remote: spec.remote } : {}) }, earlier !== undefined, lock);
   } finally {
     lock.release();
     jobs.close();
@@ -161,7 +166,8 @@ async function runJob(jobs: JobStore, job: Job, opts: RunOptions, resuming: bool
   const lock = held ?? lockTarget(job.target, `job ${job.id}`);
   try {
     const spec = specOf(job);
-    const device = isBlockDevice(job.target);
+    const remote = parseRemoteTarget(job.target) !== undefined;
+    const device = remote || isBlockDevice(job.target);
     const partialPath = device ? null : (job.partialPath ?? join(dirname(job.target), `.${basename(job.target)}${PARTIAL_MARK}${job.id}`));
     // What an earlier attempt left: resumable only if its file is still there. What it wrote
     // without a flush counts too if the machine has not restarted since (a killed process loses
@@ -184,6 +190,7 @@ async function runJob(jobs: JobStore, job: Job, opts: RunOptions, resuming: bool
         ...(spec.store ? { store: spec.store } : {}),
         ...(opts.signal ? { signal: opts.signal } : {}),
         ...(opts.workers !== undefined ? { workers: opts.workers } : {}),
+        ...(opts.remote ? { remote: opts.remote } : {}),
         ...(partialPath ? { partialPath } : {}),
         ...(committed > 0 ? { resume: { at: committed, sourceId: job.sourceId } } : {}),
         onPreflight: (info) => {

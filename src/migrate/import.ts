@@ -24,6 +24,7 @@ import { streamVirtual, type VirtualChunk } from '../pipeline/virtual-stream.js'
 import { WorkerPool } from '../pipeline/worker-pool.js';
 import { isObjectUrl, parseLocation } from '../storage/location.js';
 import { ObjectSource } from '../storage/object-source.js';
+import { RemoteSink, parseRemoteTarget } from '../online/remote-sink.js';
 import { openStore, type StoreOptions } from '../storage/open-store.js';
 import type { ObjectStore } from '../storage/store.js';
 import { hashing, offloadedHasher } from '../transfer/content-hash-pool.js';
@@ -48,6 +49,8 @@ export interface ImportOptions {
    * source identified by `sourceId`; if the source is no longer that one, the copy starts over.
    */
   resume?: { at: number; sourceId: string | null };
+  /** A target on a receiver (ferry://HOST:PORT/NAME): its token and certificate fingerprint. */
+  remote?: { token: string; fingerprint: string };
   /** Phases after the preflight. */
   onPhase?: (phase: 'copying' | 'verifying') => void;
   /** Durable progress: see ConvertOptions.checkpoint. */
@@ -138,7 +141,13 @@ export async function importImage(source: string, target: string, opts: ImportOp
   const pool = workers > 0 ? new WorkerPool(workers) : undefined;
   try {
     await preflightStructure(image);
-    const resumeAt = opts.resume && opts.resume.sourceId === opened.sourceId ? Math.min(opts.resume.at, image.virtualSize) : 0;
+    const remote = parseRemoteTarget(target);
+    if (remote && !opts.remote) {
+      throw new FerryError('USAGE', `${target}: a receiver's disk needs its token and certificate fingerprint`, { remedy: 'Pass --token (or FERRY_TOKEN) and --fingerprint as `ferry receive` printed them.' });
+    }
+    // Preflight of a remote target: reachable, the token accepted, the disk large enough.
+    const remoteSink = remote ? await RemoteSink.open(remote, image.virtualSize, opts.remote!) : undefined;
+    const resumeAt = !remote && opts.resume && opts.resume.sourceId === opened.sourceId ? Math.min(opts.resume.at, image.virtualSize) : 0;
     await opts.onPreflight?.({ format: image.format, virtualSize: image.virtualSize, sourceId: opened.sourceId, hasManifest: manifest !== undefined, resumeAt });
     opts.onPhase?.('copying');
     let hasher: ContentHasher | undefined;
@@ -148,10 +157,11 @@ export async function importImage(source: string, target: string, opts: ImportOp
       checkContentAgainstManifest(await hasher.result(), manifest, source, 'The object was damaged in storage or in transit (the target was not kept): upload the image again from its source, then import again.');
     };
     const result = await convertImage(image, target, { format: 'raw' }, {
+      ...(remoteSink ? { sink: remoteSink } : {}),
       ...(opts.overwrite ? { overwrite: true } : {}),
       ...(opts.partialPath ? { partialPath: opts.partialPath } : {}),
       ...(resumeAt ? { resumeAt } : {}),
-      ...(opts.checkpoint ? { checkpoint: opts.checkpoint } : {}),
+      ...(opts.checkpoint && !remoteSink ? { checkpoint: opts.checkpoint } : {}),
       ...(opts.maxInFlightBytes ? { maxInFlightBytes: opts.maxInFlightBytes } : {}),
       // Whole 4 MiB chunks: hashed on the pool as they are, with no assembly copy.
       minZeroRun: MANIFEST_CHUNK,
@@ -168,8 +178,9 @@ export async function importImage(source: string, target: string, opts: ImportOp
         : {}),
       beforeCommit: check,
     });
-    let verified: ImportResult['verified'] = manifest ? 'manifest' : 'none';
-    if (!manifest && opts.verify) {
+    // A remote target is always read back by the receiver and compared chunk by chunk (commit).
+    let verified: ImportResult['verified'] = manifest ? 'manifest' : remoteSink ? 'reread' : 'none';
+    if (!manifest && opts.verify && !remoteSink) {
       const written = await openImage(target, { format: 'raw' });
       try {
         const cmp = await compareImages(image, written);

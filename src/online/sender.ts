@@ -144,8 +144,16 @@ function remoteError(f: Frame): FerryError {
   return new FerryError(code, `receiver: ${e.message}`, { remedy: e.remedy });
 }
 
+export interface ReceiverConn extends Conn {
+  /** Per disk of the hello: chunk offset → digest the receiver holds (control role only). */
+  known: Map<number, string>[];
+  welcome: { disks: { name: string; size: number; chunkSize: number }[] };
+  /** The next frame, which must be of `type` (an error frame becomes its error). */
+  expect(type: Frame['type']): Promise<Frame>;
+}
+
 /** Connects and says hello; returns the connection and, for the control role, what the receiver holds. */
-async function open(opts: MigrateOptions, role: 'control' | 'data', disks: { name: string; size: number }[]): Promise<Conn & { known: Map<number, string>[] }> {
+export async function connectReceiver(opts: Pick<MigrateOptions, 'target' | 'token' | 'fingerprint'>, role: 'control' | 'data', disks: { name: string; size: number }[]): Promise<ReceiverConn> {
   const socket = await dial(opts.target, opts.fingerprint);
   const reader = new FrameReader(socket);
   await sendFrame(socket, 'H', { version: PROTOCOL_VERSION, token: opts.token, role, disks, client: { host: hostname() } });
@@ -156,6 +164,7 @@ async function open(opts: MigrateOptions, role: 'control' | 'data', disks: { nam
     throw remoteError(w);
   }
   if (w.type !== 'W') throw protocolError(`expected a welcome, got '${w.type}'`);
+  const welcome = json<ReceiverConn['welcome']>(w);
   const known = disks.map(() => new Map<number, string>());
   if (role === 'control') {
     let seen = 0;
@@ -169,8 +178,11 @@ async function open(opts: MigrateOptions, role: 'control' | 'data', disks: { nam
       if (entries.size < 50_000) seen++;
     }
   }
-  return { socket, reader, known };
+  const conn: ReceiverConn = { socket, reader, known, welcome, expect: (type) => expect(conn, type) };
+  return conn;
 }
+
+const open = connectReceiver;
 
 /** Waits for the next frame of a given type (an 'E' frame becomes its error). */
 async function expect(c: Conn, type: Frame['type']): Promise<Frame> {

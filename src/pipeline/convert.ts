@@ -73,6 +73,8 @@ export interface ConvertOptions {
    * survives the process being killed, not a power loss).
    */
   checkpoint?: Checkpoint;
+  /** Write into this sink instead of opening `dst` (e.g. a disk on a remote receiver). */
+  sink?: Sink;
 }
 
 export interface Checkpoint {
@@ -131,7 +133,7 @@ export async function convertImage(image: DiskImage, dst: string, spec: WriteSpe
   if (opts.signal?.aborted) throw interrupted();
   await refuseSameFile(image, dst);
   const resumeAt = opts.resumeAt ?? 0;
-  const sink = await openSink(dst, {
+  const sink = opts.sink ?? await openSink(dst, {
     overwrite: opts.overwrite ?? false,
     ...(opts.sync !== undefined ? { sync: opts.sync } : {}),
     ...(opts.partialPath ? { partialPath: opts.partialPath } : {}),

@@ -12,6 +12,8 @@ import { addStoreOptions, storeOptions, type StoreFlags } from './transfer.js';
 
 interface ImportFlags extends StoreFlags {
   target: string;
+  fingerprint?: string;
+  token?: string;
   format?: ImageFormat;
   verify?: boolean;
   overwrite?: boolean;
@@ -26,7 +28,9 @@ export function registerImportCommand(program: Command, state: RunState): void {
       .command('import')
       .description('put an image (s3://, cos://, file:// object or local file) onto a target disk (raw file or block device), checked first and verified; runs as a resumable job')
       .argument('<source>', 'the image: s3://BUCKET/KEY, cos://…, file:///DIR/NAME or a local file')
-      .requiredOption('--target <path>', 'target disk: a raw file (created sparse) or a block device')
+      .requiredOption('--target <path>', 'target disk: a raw file (created sparse), a block device, or ferry://HOST:PORT/NAME (a disk of `ferry receive`)')
+      .option('--fingerprint <sha256>', 'ferry:// targets: the receiver\'s certificate fingerprint')
+      .option('--token <token>', 'ferry:// targets: the receiver\'s token (default: FERRY_TOKEN)')
       .addOption(formatOption())
       .option('--verify', 'without a manifest: re-read the target and compare it with the source')
       .option('--overwrite', 'replace an existing target file')
@@ -42,6 +46,7 @@ export function registerImportCommand(program: Command, state: RunState): void {
           ...(flags.verify ? { verify: true } : {}),
           ...(flags.overwrite ? { overwrite: true } : {}),
           store: storeOptions({ ...flags, ...(flags.virtualHost ? { pathStyle: false } : {}) }),
+          ...(flags.fingerprint ? { remote: { fingerprint: flags.fingerprint, token: flags.token ?? process.env.FERRY_TOKEN ?? '' } } : {}),
         },
         { ...opts, onJob: (job, resuming) => out.note(resuming ? `job ${job.id}: resuming at ${humanBytes(job.committed)} (${job.committed} bytes)` : `job ${job.id}`) },
       ),
