@@ -60,6 +60,7 @@ export async function startS3Server(): Promise<S3Server> {
     credentials: { accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY },
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
+    maxAttempts: 8,
   });
   let stopped = false;
   // The daemons run in sessions of their own: stop them even when this process is ended early.
@@ -86,7 +87,17 @@ export async function startS3Server(): Promise<S3Server> {
     env,
     client,
     createBucket: async (name) => {
-      await client.send(new CreateBucketCommand({ Bucket: name }));
+      // A Swift just started (or on a loaded machine) may answer 503 SlowDown for a while.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await client.send(new CreateBucketCommand({ Bucket: name }));
+          return;
+        } catch (err) {
+          const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+          if (attempt >= 12 || (status !== 503 && status !== 500)) throw err;
+          await new Promise((r) => setTimeout(r, 500 * attempt));
+        }
+      }
     },
     stop: () => {
       if (stopped) return;
