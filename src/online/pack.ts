@@ -42,8 +42,11 @@ function incompressible(data: Buffer): boolean {
   return cctx.compress(room, sample, 1) > sample.length * 0.97;
 }
 
-export function packChunk(chunk: Buffer, ranges: Range[], level: number | undefined): Packed {
-  const digest = chunkDigest(ranges, chunk);
+/**
+ * Packs a chunk whose digest is already known (chunkDigest): its used ranges' bytes, compressed
+ * with zstd at `level` when that pays (undefined: never).
+ */
+export function packChunk(chunk: Buffer, ranges: Range[], level: number | undefined, digest: Buffer = chunkDigest(ranges, chunk)): Packed {
   const data = gather(chunk, ranges);
   if (level === undefined || incompressible(data)) return { digest, codec: CODEC_RAW, payload: data, rawBytes: data.length };
   cctx ??= new zstd.CCtx();

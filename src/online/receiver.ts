@@ -17,7 +17,7 @@ import { stateDir } from '../transfer/checkpoint.js';
 import { canonicalTarget } from '../jobs/target-lock.js';
 import { newToken, receiverIdentity, tokensEqual } from './identity.js';
 import { unpackChunk } from './pack.js';
-import type { Range } from './ranges.js';
+import { mergeRanges, type Range } from './ranges.js';
 import {
   CHUNK_SIZE,
   FrameReader,
@@ -227,7 +227,7 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
       unpackChunk(chunk, h.length, h.ranges, h.codec, payload, h.digest);
       // The chunk is being rewritten: until it is on the disk, it is not known.
       forget.run(d.target, h.offset);
-      for (const r of coalesce(h.ranges)) {
+      for (const r of mergeRanges(h.ranges)) {
         await d.handle.write(chunk, r.offset, r.length, h.offset + r.offset);
         wrote(d, r.length);
       }
@@ -290,15 +290,4 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
       db.close();
     },
   };
-}
-
-/** Joins touching ranges (fewer writes). */
-function coalesce(ranges: Range[]): Range[] {
-  const out: Range[] = [];
-  for (const r of ranges) {
-    const last = out[out.length - 1];
-    if (last && last.offset + last.length === r.offset) last.length += r.length;
-    else out.push({ ...r });
-  }
-  return out;
 }

@@ -26,7 +26,7 @@ import { mapDisk, type DiskMap, type RegionInfo } from './disk-map.js';
 import { normaliseFingerprint } from './identity.js';
 import { packChunk } from './pack.js';
 import { clipRanges, type Range } from './ranges.js';
-import { CHUNK_SIZE, FrameReader, PROTOCOL_VERSION, decodeAck, decodeKnown, encodeDataHeader, json, protocolError, sendFrame, type Frame } from './wire.js';
+import { CHUNK_SIZE, FrameReader, PROTOCOL_VERSION, chunkDigest, decodeAck, decodeKnown, encodeDataHeader, json, protocolError, sendFrame, type Frame } from './wire.js';
 
 const run = promisify(execFile);
 
@@ -399,13 +399,15 @@ async function sendRound(
       if (!job) break;
       const s = sources[job.disk]!;
       const data = await readChunk(s.image, job);
-      const packed = packChunk(data, job.ranges, level);
-      const digest = packed.digest.toString('hex');
+      // The digest first: a chunk the receiver already holds is neither compressed nor sent.
+      const digestBytes = chunkDigest(job.ranges, data);
+      const digest = digestBytes.toString('hex');
       if (s.digests.get(job.offset) === digest) {
         chunksDone++;
         progress();
         continue;
       }
+      const packed = packChunk(data, job.ranges, level, digestBytes);
       const header = encodeDataHeader({ disk: job.disk, offset: job.offset, length: job.length, codec: packed.codec, digest: packed.digest, ranges: job.ranges });
       const body = Buffer.concat([header, packed.payload]);
       try {

@@ -7,7 +7,7 @@ import { humanBytes } from '../format.js';
 import { makeOutput, type Output } from '../output.js';
 import { startProgress } from '../progress.js';
 import type { RunState } from '../main.js';
-import { formatOption, interruptSignal } from './shared.js';
+import { formatOption, interruptSignal, usage } from './shared.js';
 import { addStoreOptions, storeOptions, type StoreFlags } from './transfer.js';
 
 interface ImportFlags extends StoreFlags {
@@ -46,13 +46,20 @@ export function registerImportCommand(program: Command, state: RunState): void {
           ...(flags.verify ? { verify: true } : {}),
           ...(flags.overwrite ? { overwrite: true } : {}),
           store: storeOptions({ ...flags, ...(flags.virtualHost ? { pathStyle: false } : {}) }),
-          ...(flags.fingerprint ? { remote: { fingerprint: flags.fingerprint, token: flags.token ?? process.env.FERRY_TOKEN ?? '' } } : {}),
+          ...(flags.fingerprint ? { remote: { fingerprint: flags.fingerprint, token: remoteToken(flags) } } : {}),
         },
         { ...opts, onJob: (job, resuming) => out.note(resuming ? `job ${job.id}: resuming at ${humanBytes(job.committed)} (${job.committed} bytes)` : `job ${job.id}`) },
       ),
     );
     printImportOutcome(out, outcome);
   });
+}
+
+/** The token of a ferry:// target: --token, else FERRY_TOKEN; a clear error when neither is there. */
+function remoteToken(flags: ImportFlags): string {
+  const token = flags.token ?? process.env.FERRY_TOKEN;
+  if (!token) throw usage('a ferry:// target needs the receiver\'s token', 'Pass --token or set FERRY_TOKEN (the receiver printed it when it started).');
+  return token;
 }
 
 /** Runs an import job with a progress bar, Ctrl-C handling and the test fault hook. */

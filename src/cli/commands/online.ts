@@ -9,7 +9,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { humanBytes } from '../format.js';
 import { makeOutput } from '../output.js';
 import type { RunState } from '../main.js';
-import { interruptSignal, usage } from './shared.js';
+import { intArg, interruptSignal, usage } from './shared.js';
 import { parseRate } from './transfer.js';
 
 function pairs(list: string[], what: string, example: string): [string, string][] {
@@ -21,13 +21,6 @@ function pairs(list: string[], what: string, example: string): [string, string][
 }
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
-
-function intOption(text: string | undefined, what: string, min: number, max: number): number | undefined {
-  if (text === undefined) return undefined;
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < min || n > max) throw usage(`${what} '${text}' is not a whole number from ${min} to ${max}`, `Give ${what} as a number.`);
-  return n;
-}
 
 export function registerOnlineCommands(program: Command, state: RunState): void {
   void state;
@@ -103,10 +96,10 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
       if (!targetAddr || !fingerprint) throw usage('no receiver given', 'Pass --target HOST:PORT and --fingerprint FP (or --config FILE).');
       const disks = flags.disk?.length ? pairs(flags.disk, '--disk', '--disk /dev/vda=root').map(([source, name]) => ({ source, name })) : (cfg?.disks ?? []);
       if (disks.length === 0) throw usage('no disk to migrate', 'Give at least one --disk SOURCE=NAME.');
-      const level = !flags.compress || cfg?.compression === false ? undefined : (intOption(flags.level, '--level', 1, 19) ?? (cfg?.compression ? cfg.compression.level : 3));
+      const level = !flags.compress || cfg?.compression === false ? undefined : (intArg(flags.level, '--level', 1, 19) ?? (cfg?.compression ? cfg.compression.level : 3));
       const bandwidth = flags.bandwidth ?? (cfg?.bandwidth !== undefined ? String(cfg.bandwidth) : undefined);
-      const rounds = flags.rounds ? intOption(flags.rounds, '--rounds', 1, 100) : cfg?.rounds;
-      const streams = flags.streams ? intOption(flags.streams, '--streams', 1, 32) : cfg?.streams;
+      const rounds = flags.rounds ? intArg(flags.rounds, '--rounds', 1, 100) : cfg?.rounds;
+      const streams = flags.streams ? intArg(flags.streams, '--streams', 1, 32) : cfg?.streams;
       const freeze = flags.freeze?.length ? flags.freeze : cfg?.final_round?.freeze;
       const before = flags.beforeFinalRound ?? cfg?.final_round?.before;
       const { signal, dispose } = interruptSignal();

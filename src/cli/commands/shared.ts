@@ -19,6 +19,14 @@ export function sizeArg(text: string, what: string): number {
   return n;
 }
 
+/** A whole-number option within [min, max], or undefined when absent. */
+export function intArg(text: string | undefined, what: string, min: number, max: number): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min || n > max) throw usage(`${what} '${text}' is not a whole number from ${min} to ${max}`, `Give ${what} as a number, e.g. ${Math.min(max, Math.max(min, 8))}.`);
+  return n;
+}
+
 /** An AbortSignal fired by Ctrl-C / SIGTERM, until dispose(). */
 export function interruptSignal(): { signal: AbortSignal; dispose: () => void } {
   const ctl = new AbortController();

@@ -13,7 +13,7 @@ import { humanBytes, table } from '../format.js';
 import { makeOutput } from '../output.js';
 import { startProgress } from '../progress.js';
 import type { RunState } from '../main.js';
-import { formatOption, interruptSignal, sizeArg, usage } from './shared.js';
+import { formatOption, intArg, interruptSignal, sizeArg, usage } from './shared.js';
 
 export interface StoreFlags {
   endpoint?: string;
@@ -27,10 +27,7 @@ function optionalSize(text: string | undefined, what: string): number | undefine
 }
 
 function countArg(text: string | undefined, what: string, min = 1): number | undefined {
-  if (text === undefined) return undefined;
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < min || n > 256) throw usage(`${what} '${text}' is not a whole number from ${min} to 256`, `Give ${what} as a number, e.g. 8.`);
-  return n;
+  return intArg(text, what, min, 256);
 }
 
 /** Parses a rate: 100M or 100MB/s (bytes per second), 800Mbit, 1Gbps (bits per second). */
