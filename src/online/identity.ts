@@ -5,7 +5,6 @@
 import { X509Certificate, createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { generate } from 'selfsigned';
 
 export interface TlsIdentity {
   cert: string;
@@ -20,6 +19,8 @@ export async function receiverIdentity(dir: string): Promise<TlsIdentity> {
   const keyFile = join(dir, 'receiver-key.pem');
   if (!existsSync(certFile) || !existsSync(keyFile)) {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
+    // Loaded only here (first start): the certificate library takes a fifth of a second to load.
+    const { generate } = await import('selfsigned');
     const made = await generate([{ name: 'commonName', value: 'ferry-receiver' }], { keySize: 2048, algorithm: 'sha256' });
     writeFileSync(keyFile, made.private, { mode: 0o600 });
     writeFileSync(certFile, made.cert, { mode: 0o644 });

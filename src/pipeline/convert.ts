@@ -94,6 +94,18 @@ export interface ConvertResult {
 }
 
 const DEFAULT_IN_FLIGHT = 32 * 1024 * 1024;
+/**
+ * The window when nothing is compressed on the way out: data read is written while it is still in
+ * the CPU's cache (a 32 MiB window plus the chunks waiting for the writer overflow a 32 MiB L3, and
+ * the kernel's copy into the page cache then runs from DRAM, measured 1.5 s against 0.9 s for the
+ * 4 GiB reference disk). Still room for a compressed source's chunks decoding on the pool.
+ */
+const UNCOMPRESSED_IN_FLIGHT = 16 * 1024 * 1024;
+
+/** Bytes read/encoded ahead of the writer: the caller's choice, else by the output's encoding. */
+function inFlightWindow(writer: ImageWriter, opts: Pick<ConvertOptions, 'maxInFlightBytes'>): number {
+  return opts.maxInFlightBytes ?? (writer.encoding.codec === 'none' ? UNCOMPRESSED_IN_FLIGHT : DEFAULT_IN_FLIGHT);
+}
 const MIN_CHUNK = 4 * 1024 * 1024;
 
 function interrupted(): FerryError {
@@ -186,7 +198,7 @@ export function chunkSizeFor(writer: ImageWriter): number {
 /** Streams the source through encoding into the writer. */
 async function pump(image: DiskImage, writer: ImageWriter, pool: WorkerPool | undefined, workers: number, opts: ConvertOptions, sink: Sink) {
   // The consumer holds chunks until they are written: up to the encode window's worth.
-  const window = opts.maxInFlightBytes ?? DEFAULT_IN_FLIGHT;
+  const window = inFlightWindow(writer, opts);
   const heldChunks = Math.ceil(window / chunkSizeFor(writer)) + 4;
   const from = opts.resumeAt ?? 0;
   const stream = streamVirtual(image, {
@@ -255,7 +267,7 @@ export async function writeChunks(
 ) {
   const checkpoints = opts.checkpoint ? new Checkpointer(opts.checkpoint, opts.resumeAt ?? 0) : undefined;
   const unit = writer.unitSize;
-  const maxInFlight = opts.maxInFlightBytes ?? DEFAULT_IN_FLIGHT;
+  const maxInFlight = inFlightWindow(writer, opts);
   const enc = writer.encoding;
   const compress = enc.codec !== 'none' && pool !== undefined; // else everything on this thread
   const units = { compressed: 0, raw: 0 };

@@ -11,25 +11,19 @@
 import { createHash } from 'node:crypto';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
-import {
-  AbortMultipartUploadCommand,
-  CompleteMultipartUploadCommand,
-  CreateMultipartUploadCommand,
-  DeleteObjectCommand,
-  GetObjectCommand,
-  HeadBucketCommand,
-  HeadObjectCommand,
-  ListObjectsV2Command,
-  ListMultipartUploadsCommand,
-  ListPartsCommand,
-  PutObjectCommand,
-  S3Client,
-  UploadPartCommand,
-  type S3ClientConfig,
-} from '@aws-sdk/client-s3';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
+import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
 import { FerryError } from '../errors.js';
 import type { ObjectInfo, ObjectStore, PartInfo, UploadInfo } from './store.js';
+
+/** The AWS SDK, loaded on first use: it takes a quarter of a second to load, which every command
+ * that never talks to S3 (image conversion, online migration, jobs) would otherwise pay. */
+type Sdk = typeof import('@aws-sdk/client-s3');
+type HttpHandlerModule = typeof import('@smithy/node-http-handler');
+let sdkLoading: Promise<[Sdk, HttpHandlerModule]> | undefined;
+function loadSdk(): Promise<[Sdk, HttpHandlerModule]> {
+  sdkLoading ??= Promise.all([import('@aws-sdk/client-s3'), import('@smithy/node-http-handler')]);
+  return sdkLoading;
+}
 
 // The pinned SDK supports Node 20 (Ferry's runtime); its notice about future releases is not the user's concern.
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
@@ -59,7 +53,12 @@ export class S3Store implements ObjectStore {
   readonly name: string;
   readonly reportsCrc64: boolean;
   bytesRead = 0;
-  private readonly client: S3Client;
+  private client: S3Client | undefined;
+  private connecting: Promise<{ client: S3Client; s3: Sdk }> | undefined;
+  private closed = false;
+  private readonly config: S3ClientConfig;
+  private readonly secure: boolean;
+  private readonly sockets: number;
   private readonly endpointText: string;
 
   constructor(
@@ -79,8 +78,8 @@ export class S3Store implements ObjectStore {
     this.endpointText = describeEndpoint(endpoint, region);
     this.name = `${opts.cos ? 'cos' : 's3'}://${bucket}`;
     this.reportsCrc64 = opts.cos === true;
-    const secure = !endpoint || endpoint.startsWith('https:');
-    const sockets = opts.maxSockets ?? 16;
+    this.secure = !endpoint || endpoint.startsWith('https:');
+    this.sockets = opts.maxSockets ?? 16;
     const config: S3ClientConfig = {
       region,
       ...(endpoint ? { endpoint } : {}),
@@ -89,13 +88,6 @@ export class S3Store implements ObjectStore {
       responseChecksumValidation: 'WHEN_REQUIRED',
       maxAttempts: opts.maxAttempts ?? 6,
       retryMode: 'standard',
-      requestHandler: new NodeHttpHandler({
-        connectionTimeout: 10_000,
-        requestTimeout: 300_000,
-        ...(secure
-          ? { httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: sockets }) }
-          : { httpAgent: new HttpAgent({ keepAlive: true, maxSockets: sockets }) }),
-      }),
     };
     const id = env.AWS_ACCESS_KEY_ID ?? (opts.cos ? (env.COS_SECRET_ID ?? env.TENCENTCLOUD_SECRETID) : undefined);
     const secret = env.AWS_SECRET_ACCESS_KEY ?? (opts.cos ? (env.COS_SECRET_KEY ?? env.TENCENTCLOUD_SECRETKEY) : undefined);
@@ -104,9 +96,33 @@ export class S3Store implements ObjectStore {
     } else if (opts.profile) {
       config.profile = opts.profile;
     }
-    this.client = new S3Client(config);
+    this.config = config;
+  }
+
+  /** The SDK and the client, made on first use. */
+  private connect(): Promise<{ client: S3Client; s3: Sdk }> {
+    this.connecting ??= loadSdk().then(([s3, http]) => {
+      if (this.closed) throw new FerryError('INTERRUPTED', `${this.name}: the store was closed`, { remedy: 'Run the command again.' });
+      const client = new s3.S3Client({
+        ...this.config,
+        requestHandler: new http.NodeHttpHandler({
+          connectionTimeout: 10_000,
+          requestTimeout: 300_000,
+          ...(this.secure
+            ? { httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: this.sockets }) }
+            : { httpAgent: new HttpAgent({ keepAlive: true, maxSockets: this.sockets }) }),
+        }),
+      });
+      this.addMiddleware(client);
+      this.client = client;
+      return { client, s3 };
+    });
+    return this.connecting;
+  }
+
+  private addMiddleware(client: S3Client): void {
     // Part uploads: the body is protected by its (signed) Content-MD5; no SHA-256 of the payload.
-    this.client.middlewareStack.add(
+    client.middlewareStack.add(
       (next, context) => async (args) => {
         if (context.commandName === 'UploadPartCommand') {
           const req = args.request as { headers?: Record<string, string> };
@@ -117,7 +133,7 @@ export class S3Store implements ObjectStore {
       { step: 'build', name: 'ferryUnsignedPartPayload' },
     );
     // COS sends the object's CRC-64 in its own header: keep it on the output.
-    this.client.middlewareStack.add(
+    client.middlewareStack.add(
       (next) => async (args) => {
         const result = await next(args);
         const headers = (result.response as { headers?: Record<string, string> }).headers;
@@ -131,7 +147,8 @@ export class S3Store implements ObjectStore {
 
   async head(key: string): Promise<ObjectInfo | undefined> {
     try {
-      const r = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
+      const { client, s3 } = await this.connect();
+      const r = await client.send(new s3.HeadObjectCommand({ Bucket: this.bucket, Key: key }));
       const crc = (r as { ferryCrc64?: string }).ferryCrc64;
       return {
         size: r.ContentLength ?? 0,
@@ -153,7 +170,8 @@ export class S3Store implements ObjectStore {
   async getRange(key: string, offset: number, length: number, signal?: AbortSignal): Promise<Buffer> {
     if (length <= 0) return Buffer.alloc(0);
     try {
-      const r = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key, Range: `bytes=${offset}-${offset + length - 1}` }), signal ? { abortSignal: signal } : {});
+      const { client, s3 } = await this.connect();
+      const r = await client.send(new s3.GetObjectCommand({ Bucket: this.bucket, Key: key, Range: `bytes=${offset}-${offset + length - 1}` }), signal ? { abortSignal: signal } : {});
       const bytes = await readBody(r.Body as AsyncIterable<Uint8Array>, length);
       this.bytesRead += bytes.length;
       return bytes;
@@ -165,8 +183,9 @@ export class S3Store implements ObjectStore {
 
   async put(key: string, body: Buffer, contentType = 'application/octet-stream'): Promise<void> {
     try {
-      await this.client.send(
-        new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentType: contentType, ContentMD5: createHash('md5').update(body).digest('base64') }),
+      const { client, s3 } = await this.connect();
+      await client.send(
+        new s3.PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentType: contentType, ContentMD5: createHash('md5').update(body).digest('base64') }),
       );
     } catch (err) {
       throw this.translate(err, `writing ${this.name}/${key}`, key);
@@ -175,7 +194,8 @@ export class S3Store implements ObjectStore {
 
   async delete(key: string): Promise<void> {
     try {
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }));
+      const { client, s3 } = await this.connect();
+      await client.send(new s3.DeleteObjectCommand({ Bucket: this.bucket, Key: key }));
     } catch (err) {
       if (status(err) === 404) return;
       throw this.translate(err, `deleting ${this.name}/${key}`, key);
@@ -184,7 +204,8 @@ export class S3Store implements ObjectStore {
 
   async createMultipart(key: string, metadata: Record<string, string>): Promise<string> {
     try {
-      const r = await this.client.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: key, Metadata: metadata, ContentType: 'application/octet-stream' }));
+      const { client, s3 } = await this.connect();
+      const r = await client.send(new s3.CreateMultipartUploadCommand({ Bucket: this.bucket, Key: key, Metadata: metadata, ContentType: 'application/octet-stream' }));
       if (!r.UploadId) throw new Error('the server returned no UploadId');
       return r.UploadId;
     } catch (err) {
@@ -194,8 +215,9 @@ export class S3Store implements ObjectStore {
 
   async uploadPart(key: string, uploadId: string, partNumber: number, body: Buffer, md5: Buffer, signal?: AbortSignal): Promise<string> {
     try {
-      const r = await this.client.send(
-        new UploadPartCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, PartNumber: partNumber, Body: body, ContentLength: body.length, ContentMD5: md5.toString('base64') }),
+      const { client, s3 } = await this.connect();
+      const r = await client.send(
+        new s3.UploadPartCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, PartNumber: partNumber, Body: body, ContentLength: body.length, ContentMD5: md5.toString('base64') }),
         signal ? { abortSignal: signal } : {},
       );
       return unquote(r.ETag);
@@ -208,8 +230,9 @@ export class S3Store implements ObjectStore {
     const parts: PartInfo[] = [];
     let marker: string | undefined;
     try {
+      const { client, s3 } = await this.connect();
       for (let page = 0; page < 100; page++) {
-        const r = await this.client.send(new ListPartsCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, ...(marker ? { PartNumberMarker: marker } : {}) }));
+        const r = await client.send(new s3.ListPartsCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, ...(marker ? { PartNumberMarker: marker } : {}) }));
         for (const p of r.Parts ?? []) parts.push({ partNumber: p.PartNumber ?? 0, etag: unquote(p.ETag), size: p.Size ?? 0 });
         if (!r.IsTruncated) return parts;
         marker = r.NextPartNumberMarker;
@@ -224,8 +247,9 @@ export class S3Store implements ObjectStore {
 
   async complete(key: string, uploadId: string, parts: { partNumber: number; etag: string }[]): Promise<void> {
     try {
-      await this.client.send(
-        new CompleteMultipartUploadCommand({
+      const { client, s3 } = await this.connect();
+      await client.send(
+        new s3.CompleteMultipartUploadCommand({
           Bucket: this.bucket,
           Key: key,
           UploadId: uploadId,
@@ -239,7 +263,8 @@ export class S3Store implements ObjectStore {
 
   async abort(key: string, uploadId: string): Promise<void> {
     try {
-      await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId }));
+      const { client, s3 } = await this.connect();
+      await client.send(new s3.AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId }));
     } catch (err) {
       if (errorName(err) === 'NoSuchUpload' || status(err) === 404) return;
       throw this.translate(err, `aborting the upload to ${this.name}/${key}`, key);
@@ -251,9 +276,10 @@ export class S3Store implements ObjectStore {
     let keyMarker: string | undefined;
     let idMarker: string | undefined;
     try {
+      const { client, s3 } = await this.connect();
       for (let page = 0; page < 1000; page++) {
-        const r = await this.client.send(
-          new ListMultipartUploadsCommand({ Bucket: this.bucket, ...(prefix ? { Prefix: prefix } : {}), ...(keyMarker ? { KeyMarker: keyMarker } : {}), ...(idMarker ? { UploadIdMarker: idMarker } : {}) }),
+        const r = await client.send(
+          new s3.ListMultipartUploadsCommand({ Bucket: this.bucket, ...(prefix ? { Prefix: prefix } : {}), ...(keyMarker ? { KeyMarker: keyMarker } : {}), ...(idMarker ? { UploadIdMarker: idMarker } : {}) }),
         );
         for (const u of r.Uploads ?? []) if (u.Key && u.UploadId) out.push({ key: u.Key, uploadId: u.UploadId, ...(u.Initiated ? { initiated: u.Initiated } : {}) });
         if (!r.IsTruncated) break;
@@ -268,13 +294,15 @@ export class S3Store implements ObjectStore {
 
   async probe(): Promise<void> {
     try {
-      await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }));
+      const { client, s3 } = await this.connect();
+      await client.send(new s3.HeadBucketCommand({ Bucket: this.bucket }));
     } catch (err) {
       if (status(err) === 404) throw bucketMissing(this.name, this.endpointText);
       if (status(err) !== 403 && status(err) !== 400) throw this.translate(err, `opening ${this.name}`);
       // HEAD answers carry no error body: ask again with a request whose answer says why.
       try {
-        await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, MaxKeys: 1 }));
+        const { client, s3 } = await this.connect();
+        await client.send(new s3.ListObjectsV2Command({ Bucket: this.bucket, MaxKeys: 1 }));
       } catch (e2) {
         const name = errorName(e2);
         if (name === 'AccessDenied') return; // valid credentials without list permission: go on
@@ -284,7 +312,8 @@ export class S3Store implements ObjectStore {
   }
 
   close(): void {
-    this.client.destroy();
+    this.closed = true;
+    this.client?.destroy();
   }
 
   /** Translates an SDK or network failure into a FerryError. */

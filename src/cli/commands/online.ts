@@ -3,7 +3,6 @@
 import type { Command } from 'commander';
 import { migrate, type MigrateEvent } from '../../online/sender.js';
 import { startReceiver } from '../../online/receiver.js';
-import { loadMigrateConfig } from '../../online/config.js';
 import { configText, detectDisks } from '../../online/init.js';
 import { existsSync, writeFileSync } from 'node:fs';
 import { humanBytes } from '../format.js';
@@ -88,7 +87,8 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
     .option('--dry-run', 'connect, check and estimate, then stop')
     .option('--json', 'one JSON document at the end; events as JSON lines on stderr')
     .action(async (flags: { config?: string; target?: string; token?: string; fingerprint?: string; disk?: string[]; bandwidth?: string; rounds?: string; streams?: string; level?: string; compress: boolean; freeze?: string[]; beforeFinalRound?: string; dryRun?: boolean; json?: boolean }) => {
-      const cfg = flags.config ? loadMigrateConfig(flags.config) : undefined;
+      // The config schema (zod, yaml) is loaded only when a config file is given.
+      const cfg = flags.config ? (await import('../../online/config.js')).loadMigrateConfig(flags.config) : undefined;
       const token = flags.token ?? cfg?.token ?? process.env.FERRY_TOKEN;
       if (!token) throw usage('no token', 'Pass --token or set FERRY_TOKEN (the receiver printed it when it started).');
       const targetAddr = flags.target ?? cfg?.target.address;
