@@ -23,6 +23,9 @@ command -v fsfreeze >/dev/null || need+=(util-linux)
 # The https:// source test (test/http-source.test.ts): a real web server, started by the test.
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v openssl >/dev/null || need+=(openssl)
+# The fleet test (test/fleet.test.ts): real OpenSSH servers in network namespaces.
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
 # The real S3 server of the tests (OpenStack Swift with s3api; see scripts/s3-server.sh).
 for p in swift swift-proxy swift-object swift-container swift-account python3-swift memcached; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
@@ -40,3 +43,5 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
 fi
 echo "setup: building"
 npx tsc -p tsconfig.json
+# The single-file agent (dist/agent/ferry-agent) that `ferry fleet` copies to source servers.
+node scripts/build-agent.mjs >/dev/null

@@ -62,6 +62,12 @@ export const ErrorCodes = {
   PROTOCOL_ERROR: ExitCode.NETWORK,
   HOOK_FAILED: ExitCode.FAILED,
   CONFIG_INVALID: ExitCode.USAGE,
+  SSH_UNREACHABLE: ExitCode.NETWORK,
+  SSH_HOST_KEY: ExitCode.NETWORK,
+  SSH_AUTH_FAILED: ExitCode.NETWORK,
+  AGENT_NOT_BUILT: ExitCode.FAILED,
+  AGENT_FAILED: ExitCode.FAILED,
+  FLEET_INCOMPLETE: ExitCode.FAILED,
   CHECKSUM_MISMATCH: ExitCode.INTEGRITY,
 } as const;
 export type ErrorCode = keyof typeof ErrorCodes;

@@ -5,6 +5,8 @@ let cached: string | undefined;
 
 export function toolVersion(): string {
   if (cached) return cached;
+  // The single-file agent has no package.json beside it: the build writes the version in.
+  if (process.env.FERRY_AGENT_VERSION) return (cached = process.env.FERRY_AGENT_VERSION);
   try {
     const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
     cached = pkg.version ?? '0.0.0';

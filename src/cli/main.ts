@@ -9,6 +9,7 @@ import { registerTransferCommands } from './commands/transfer.js';
 import { registerImportCommand } from './commands/import.js';
 import { registerJobsCommands } from './commands/jobs.js';
 import { registerOnlineCommands } from './commands/online.js';
+import { registerFleetCommands } from './commands/fleet.js';
 import { asFerryError, printError } from './output.js';
 
 
@@ -32,6 +33,7 @@ export function buildProgram(state: RunState): Command {
   registerImportCommand(program, state);
   registerJobsCommands(program, state);
   registerOnlineCommands(program, state);
+  registerFleetCommands(program, state);
   return program;
 }
 

@@ -258,7 +258,13 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
         view.fill(0);
         for (const r of ranges) await d.handle.read(view, r.offset, r.length, offset + r.offset);
         const got = chunkDigest(ranges, view).toString('hex');
-        if (got !== want) mismatches.push({ offset, reason: got === row.digest.toString('hex') ? 'the source changed since it was sent' : 'the disk does not hold what was written' });
+        if (got !== want) {
+          const held = got === row.digest.toString('hex');
+          mismatches.push({ offset, reason: held ? 'the source changed since it was sent' : 'the disk does not hold what was written' });
+          // The record no longer says what the disk holds (replaced or overwritten since): forget
+          // it, so the next run sends the chunk again.
+          if (!held) forget.run(d.target, offset);
+        }
       }
       emit({ event: 'verified', disk: d.name, chunks: v.chunks.length, mismatches: mismatches.length });
       await sendFrame(socket, 'R', { checked: v.chunks.length, mismatches: mismatches.slice(0, 100), mismatchCount: mismatches.length });

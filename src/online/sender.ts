@@ -341,6 +341,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateReport> {
       const r = json<{ checked: number; mismatchCount: number; mismatches: { offset: number; reason: string }[] }>(await expect(control, 'R'));
       report.disks[i] = { ...report.disks[i]!, verified: r.mismatchCount === 0, checked: r.checked, mismatches: r.mismatchCount };
       if (r.mismatchCount > 0) {
+        control.socket.destroy();
         throw new FerryError('CHECKSUM_MISMATCH', `disk ${s.name}: ${r.mismatchCount} chunk(s) on the target differ from what was sent (first at byte ${r.mismatches[0]?.offset}: ${r.mismatches[0]?.reason})`, {
           remedy: 'Run the migration again: it sends what differs. If it repeats, check the target disk.',
           details: { mismatches: r.mismatches.slice(0, 10) },

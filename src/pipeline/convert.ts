@@ -9,7 +9,6 @@
 // Example:
 //   const img = await openImage('disk.raw');
 //   await convertImage(img, 'disk.qcow2', { format: 'qcow2', compress: 'zstd' });
-import { availableParallelism } from 'node:os';
 import type { TransferListItem } from 'node:worker_threads';
 import { realpath } from 'node:fs/promises';
 import { FerryError } from '../errors.js';
@@ -21,7 +20,7 @@ import { UNIT_COMPRESSED, UNIT_FIELDS, encodeChunk } from './encode-job.js';
 import type { EncodeResult } from './pool-worker.js';
 import { BufferPool, fromRef, refTo } from './buffer-pool.js';
 import { streamVirtual, type VirtualChunk } from './virtual-stream.js';
-import { WorkerPool } from './worker-pool.js';
+import { defaultWorkers, WorkerPool } from './worker-pool.js';
 
 export interface ConvertProgress {
   /** Virtual bytes done (written or skipped as zero). */
@@ -156,7 +155,7 @@ export async function convertImage(image: DiskImage, dst: string, spec: WriteSpe
     // A kept partial file: only what is below resumeAt is known good; the rest is written again.
     if (opts.partialPath) await sink.truncate(resumeAt);
     if (writer.encoding.codec === 'none' && !sink.isBlockDevice && !resumeAt) await preflightSpace(image, sink);
-    const workers = opts.pool ? opts.pool.size : (opts.workers ?? availableParallelism());
+    const workers = opts.pool ? opts.pool.size : (opts.workers ?? defaultWorkers());
     if (!opts.pool) pool = workers > 0 ? new WorkerPool(workers) : undefined;
     const stats = await pump(image, writer, opts.pool ?? pool, workers, opts, sink);
     const summary = await writer.finish();

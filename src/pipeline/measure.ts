@@ -2,7 +2,6 @@
 // against a sink that only counts. Exact by default (every data chunk is encoded, so compressed
 // sizes are real); with `sample`, only small granules spread evenly over the disk are encoded and
 // the result is extrapolated from the disk's data total — fast, and an estimate.
-import { availableParallelism } from 'node:os';
 import type { Sink } from '../io/sink.js';
 import type { CheckReport, DiskImage, ImageInfo, Segment } from '../image/types.js';
 import type { ImageWriter, WriteSpec } from '../image/writer.js';
@@ -10,7 +9,7 @@ import { createWriter } from '../image/writers.js';
 import { planChunks } from './chunk-plan.js';
 import { chunkSizeFor, writeChunks, type ConvertProgress } from './convert.js';
 import { streamVirtual, type VirtualChunk } from './virtual-stream.js';
-import { WorkerPool } from './worker-pool.js';
+import { defaultWorkers, WorkerPool } from './worker-pool.js';
 
 export interface MeasureOptions {
   /** Encode only a sample of about `sampleBytes` of the data and extrapolate. */
@@ -77,7 +76,7 @@ async function run(image: DiskImage, spec: WriteSpec, chunks: (w: ImageWriter) =
 }
 
 export async function measureImage(image: DiskImage, spec: WriteSpec, opts: MeasureOptions = {}): Promise<MeasureResult> {
-  const workers = opts.workers ?? availableParallelism();
+  const workers = opts.workers ?? defaultWorkers();
   const pool = workers > 0 ? new WorkerPool(workers) : undefined;
   try {
     const probe = createWriter({ sink: new CountingSink('probe'), spec, sourceSize: image.virtualSize });

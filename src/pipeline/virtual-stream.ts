@@ -10,7 +10,6 @@
 //
 // Example:
 //   for await (const c of streamVirtual(image)) if (c.data) await sink.write(c.offset, c.data);
-import { availableParallelism } from 'node:os';
 import { FerryError, truncated } from '../errors.js';
 import type { ByteSource } from '../io/byte-source.js';
 import type { DiskImage } from '../image/types.js';
@@ -19,7 +18,7 @@ import { runDecodeJob, type DecodeOp } from './decode-job.js';
 import type { TransferListItem } from 'node:worker_threads';
 import { BufferPool, fromRef, refTo } from './buffer-pool.js';
 import type { DecodeResult } from './pool-worker.js';
-import { WorkerPool } from './worker-pool.js';
+import { defaultWorkers, WorkerPool } from './worker-pool.js';
 
 export interface VirtualChunk {
   /** Virtual offset. */
@@ -173,7 +172,7 @@ export async function* streamVirtual(image: DiskImage, opts: StreamOptions = {})
   const offset = opts.offset ?? 0;
   const length = opts.length ?? image.virtualSize - offset;
   const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
-  const workers = opts.workers ?? availableParallelism();
+  const workers = opts.workers ?? defaultWorkers();
   const maxInFlight = opts.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT;
   const minZeroRun = opts.minZeroRun ?? 0;
   const align = opts.align ?? 1;

@@ -3,6 +3,7 @@
 // outstanding per worker (so a worker never idles waiting for the next message), buffers
 // transferred rather than copied. Workers are ref'd only while they hold work, so an abandoned
 // pool never keeps the process alive; close() stops them all.
+import { availableParallelism } from 'node:os';
 import { Worker, type TransferListItem } from 'node:worker_threads';
 import { FerryError } from '../errors.js';
 import { reviveFailure, type DecodeFailure } from './decode-job.js';
@@ -33,6 +34,15 @@ interface Queued extends Pending {
 }
 
 let liveWorkers = 0;
+
+/**
+ * Worker threads to use when the caller does not say: all cores — except in the single-file agent,
+ * whose code lives inside its executable where a worker thread cannot load it: there the work is
+ * done on the main thread.
+ */
+export function defaultWorkers(): number {
+  return process.env.FERRY_AGENT_VERSION ? 0 : availableParallelism();
+}
 
 /** Worker threads currently alive across all pools (for tests and diagnostics). */
 export function activeWorkerCount(): number {

@@ -15,7 +15,6 @@
 //   const r = await uploadImage('disk.raw', 's3://images/disk.qcow2', { to: 'qcow2', compress: 'zstd' });
 import { randomBytes, createHash } from 'node:crypto';
 import { realpath, stat } from 'node:fs/promises';
-import { availableParallelism } from 'node:os';
 import { FerryError, fromSystemError } from '../errors.js';
 import { FileSource } from '../io/byte-source.js';
 import { openImage } from '../image/open.js';
@@ -24,7 +23,7 @@ import type { CompressionCodec, WriteSpec } from '../image/writer.js';
 import { createWriter } from '../image/writers.js';
 import { chunkSizeFor, writeChunks } from '../pipeline/convert.js';
 import { streamVirtual } from '../pipeline/virtual-stream.js';
-import { WorkerPool } from '../pipeline/worker-pool.js';
+import { defaultWorkers, WorkerPool } from '../pipeline/worker-pool.js';
 import { FileStore } from '../storage/file-store.js';
 import { parseLocation } from '../storage/location.js';
 import { openStore, type StoreOptions } from '../storage/open-store.js';
@@ -182,7 +181,7 @@ class RestartUpload extends Error {}
 
 async function runUpload(image: DiskImage, source: SourceIdentity, store: ObjectStore, key: string, url: string, opts: UploadOptions, started: bigint): Promise<UploadResult> {
   const p = plan(image, source.size, opts);
-  const workers = opts.workers ?? availableParallelism();
+  const workers = opts.workers ?? defaultWorkers();
   // Converting already keeps the cores busy: fewer parts in flight, less memory.
   const concurrency = opts.concurrency ?? Math.max(2, Math.min(p.asIs ? 6 : 3, Math.floor(IN_FLIGHT_PARTS_BYTES / p.partSize)));
 

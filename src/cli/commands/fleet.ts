@@ -1,0 +1,109 @@
+// `ferry fleet run|status INVENTORY` (many servers migrated over SSH, see src/fleet/) and
+// `ferry agent path` (where the single-file agent is).
+import type { Command } from 'commander';
+import type { HostRecord } from '../../fleet/state.js';
+import { ExitCode } from '../../errors.js';
+import { humanBytes, table } from '../format.js';
+import { makeOutput } from '../output.js';
+import type { RunState } from '../main.js';
+import { intArg, interruptSignal } from './shared.js';
+import { parseRate } from './transfer.js';
+
+function hostRow(h: HostRecord & { skipped?: boolean }): string[] {
+  const pct = h.percent !== undefined ? `${h.percent}%` : '';
+  return [
+    h.name,
+    h.skipped ? 'succeeded (earlier run)' : h.state,
+    h.phase,
+    pct,
+    h.rate ? `${humanBytes(h.rate)}/s` : '',
+    h.state === 'running' && h.etaSeconds !== undefined ? `${h.etaSeconds.toFixed(0)} s` : '',
+    h.error ? `${h.error.code}: ${h.error.message}${h.error.remedy ? ` — ${h.error.remedy}` : ''}` : '',
+  ];
+}
+
+const HEADER = ['host', 'state', 'phase', 'done', 'rate', 'ETA', 'error'];
+
+export function registerFleetCommands(program: Command, state: RunState): void {
+  const fleet = program.command('fleet').description('migrate many servers over SSH, driven by an inventory file');
+
+  fleet
+    .command('run')
+    .description('copy the agent to every host of the inventory over SSH and migrate them, N at a time; hosts that succeeded before are skipped')
+    .argument('<inventory>', 'the inventory (YAML): hosts, SSH settings, disks and receivers')
+    .option('--concurrency <n>', 'hosts migrated at once (default 4)')
+    .option('--bandwidth-total <rate>', 'bandwidth for all hosts together (e.g. 1Gbit), split between the hosts running at once')
+    .option('--force', 'migrate hosts that succeeded before again')
+    .option('--agent <file>', 'the agent executable to copy (default: the one `npm run build:agent` built)')
+    .option('--json', 'one JSON report at the end; host events as JSON lines on stderr')
+    .action(async (file: string, flags: { concurrency?: string; bandwidthTotal?: string; force?: boolean; agent?: string; json?: boolean }) => {
+      const { loadInventory } = await import('../../fleet/inventory.js');
+      const { runFleet } = await import('../../fleet/run.js');
+      const inv = loadInventory(file);
+      const concurrency = intArg(flags.concurrency, '--concurrency', 1, 64);
+      const out = makeOutput(!!flags.json);
+      const { signal, dispose } = interruptSignal();
+      const last = new Map<string, string>();
+      try {
+        const result = await runFleet(inv, {
+          ...(concurrency ? { concurrency } : {}),
+          ...(flags.bandwidthTotal ? { bandwidthTotal: parseRate(flags.bandwidthTotal) } : {}),
+          ...(flags.force ? { force: true } : {}),
+          ...(flags.agent ? { agent: flags.agent } : {}),
+          signal,
+          onEvent: (e) => {
+            if (flags.json) {
+              process.stderr.write(JSON.stringify(e) + '\n');
+              return;
+            }
+            if (e.event === 'skip') return out.note(`${e.host}: skipped (${e.reason})`);
+            const h = e.host;
+            // A line when the state or phase changes, not for every progress report.
+            const key = `${h.state}/${h.phase}`;
+            if (last.get(h.name) === key) return;
+            last.set(h.name, key);
+            if (h.state === 'failed' && h.phase === 'done') return;
+            out.note(`${h.name}: ${h.state === 'running' ? h.phase : h.state}${h.error ? ` — ${h.error.code}: ${h.error.message}` : ''}`);
+          },
+        });
+        out.result(result, () =>
+          [
+            table(HEADER, result.hosts.map(hostRow)),
+            `${result.succeeded} migrated, ${result.skipped} skipped (done before), ${result.failed} failed, in ${result.seconds.toFixed(1)} s${result.failed ? '; fix the failures and run again: only those hosts run' : ''}`,
+          ].join('\n'),
+        );
+        if (result.failed > 0) state.exitCode = ExitCode.FAILED;
+      } finally {
+        dispose();
+      }
+    });
+
+  fleet
+    .command('status')
+    .description('the state of each host of the inventory\'s last (or current) run')
+    .argument('<inventory>', 'the inventory file')
+    .option('--json', 'as JSON')
+    .action(async (file: string, flags: { json?: boolean }) => {
+      const { resolve } = await import('node:path');
+      const { readFleetRecord } = await import('../../fleet/state.js');
+      const rec = readFleetRecord(resolve(file));
+      const out = makeOutput(!!flags.json);
+      if (!rec) {
+        out.result({ inventory: resolve(file), hosts: [] }, () => `${file}: no run recorded yet (ferry fleet run ${file})`);
+        return;
+      }
+      out.result(rec, () => `${table(HEADER, Object.values(rec.hosts).map(hostRow))}\nupdated ${rec.updatedAt}`);
+    });
+
+  program
+    .command('agent')
+    .description('the single-file agent copied to source servers')
+    .command('path')
+    .description('print where the agent executable is (build it with `npm run build:agent`)')
+    .option('--json', 'as JSON')
+    .action(async (flags: { json?: boolean }) => {
+      const { requireAgent } = await import('../../fleet/agent.js');
+      const a = requireAgent();
+      makeOutput(!!flags.json).result(a, () => a.path);
+    });
+}

@@ -1,0 +1,17 @@
+// Where the single-file agent is: FERRY_AGENT, else dist/agent/ferry-agent in this checkout (built
+// by `npm run build:agent`).
+import { existsSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { FerryError } from '../errors.js';
+
+export function agentPath(): string {
+  return process.env.FERRY_AGENT ?? fileURLToPath(new URL('../../agent/ferry-agent', import.meta.url));
+}
+
+/** The agent's path and size; AGENT_NOT_BUILT when it is missing. */
+export function requireAgent(path = agentPath()): { path: string; size: number } {
+  if (!existsSync(path)) {
+    throw new FerryError('AGENT_NOT_BUILT', `the agent executable ${path} does not exist`, { remedy: 'Build it in the checkout: npm run build:agent (or set FERRY_AGENT to its path).' });
+  }
+  return { path, size: statSync(path).size };
+}
