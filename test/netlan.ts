@@ -9,7 +9,8 @@ export interface Lan {
   /** The bridge's namespace, where a controller can run; its address is `hubAddr`. */
   hub: string;
   hubAddr: string;
-  hosts: { ns: string; addr: string }[];
+  /** Each host's namespace, address, and its link's end in the hub (shape it with tc there). */
+  hosts: { ns: string; addr: string; hubDev: string }[];
   /** argv that runs `cmd` inside namespace `ns`. */
   exec(ns: string, cmd: string[]): string[];
   remove(): void;
@@ -40,7 +41,7 @@ export function lan(count: number): Lan {
     ip('-n', hub, 'addr', 'add', `${net}.254/24`, 'dev', 'br0');
     ip('-n', hub, 'link', 'set', 'br0', 'up');
     ip('-n', hub, 'link', 'set', 'lo', 'up');
-    const hosts: { ns: string; addr: string }[] = [];
+    const hosts: { ns: string; addr: string; hubDev: string }[] = [];
     for (let i = 0; i < count; i++) {
       const ns = `ferry-h${i}-${tag}`;
       ip('netns', 'add', ns);
@@ -52,7 +53,7 @@ export function lan(count: number): Lan {
       ip('-n', ns, 'addr', 'add', `${addr}/24`, 'dev', 'eth0');
       ip('-n', ns, 'link', 'set', 'eth0', 'up');
       ip('-n', ns, 'link', 'set', 'lo', 'up');
-      hosts.push({ ns, addr });
+      hosts.push({ ns, addr, hubDev: `v${i}${tag}` });
     }
     return { hub, hubAddr: `${net}.254`, hosts, exec: (ns, cmd) => ['ip', 'netns', 'exec', ns, ...cmd], remove };
   } catch (err) {

@@ -91,6 +91,8 @@ export interface MigrateReport {
   /** Virtual disk bytes migrated per second of wall time. */
   effectiveRate: number;
   dryRun: boolean;
+  /** Peak resident memory of the migrating process, MiB (for fleet reports and benchmarks). */
+  peakRssMiB?: number;
 }
 
 interface Conn {
@@ -351,6 +353,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateReport> {
     control.socket.end();
     report.seconds = (Date.now() - started) / 1000;
     report.effectiveRate = sources.reduce((n, s) => n + s.image.virtualSize, 0) / report.seconds;
+    report.peakRssMiB = Math.round(process.resourceUsage().maxRSS / 1024);
     return report;
   } finally {
     for (const s of sources) await s.image.close();

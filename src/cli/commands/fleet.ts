@@ -107,3 +107,31 @@ export function registerFleetCommands(program: Command, state: RunState): void {
       makeOutput(!!flags.json).result(a, () => a.path);
     });
 }
+
+/** `ferry server`: the control plane (REST API, web console, metrics) over this state directory. */
+export function registerServerCommand(program: Command): void {
+  program
+    .command('server')
+    .description('the control plane: REST API (/api/), web console (/) and Prometheus metrics (/metrics) for every import and fleet migration')
+    .option('--listen <addr>', 'HOST:PORT to serve on', '127.0.0.1:8787')
+    .option('--data-dir <dir>', 'the state directory to show and use (default: FERRY_STATE_DIR, else ~/.local/state/ferry)')
+    .option('--token <token>', 'the API token (default: FERRY_SERVER_TOKEN, else a new one, printed)')
+    .option('--json', 'first line: {address, token, console}; then one JSON log line per request')
+    .action(async (flags: { listen: string; dataDir?: string; token?: string; json?: boolean }) => {
+      if (flags.dataDir) process.env.FERRY_STATE_DIR = flags.dataDir;
+      const { startServer } = await import('../../server/server.js');
+      const token = flags.token ?? process.env.FERRY_SERVER_TOKEN;
+      const srv = await startServer({
+        listen: flags.listen,
+        ...(token ? { token } : {}),
+        onRequest: (r) => process.stderr.write(JSON.stringify({ at: new Date().toISOString(), ...r }) + '\n'),
+      });
+      const link = `http://${srv.address}/#token=${encodeURIComponent(srv.token)}`;
+      if (flags.json) process.stdout.write(JSON.stringify({ address: srv.address, token: srv.token, console: link }) + '\n');
+      else process.stdout.write(`ferry server on http://${srv.address}/ (API under /api/, metrics at /metrics)\ntoken: ${token ? 'as given' : srv.token}\nconsole: ${link}\n`);
+      const { signal, dispose } = interruptSignal();
+      await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+      dispose();
+      await srv.close();
+    });
+}

@@ -1,0 +1,261 @@
+// `ferry server`: the control plane on one port — a REST API under /api/ (token required for every
+// call: `Authorization: Bearer TOKEN`), a web console at / (a single page over that API), and
+// Prometheus metrics at /metrics. It shows every job of its state directory: imports (the SQLite
+// job store, src/jobs/) and the hosts of fleet runs (src/fleet/state.ts), with state, progress,
+// rate, ETA and failure code/message/remedy; it starts imports and retries or cancels them (as
+// `ferry` child processes, so a job outlives a restart of the server), and samples each running
+// job's progress every 2 s for the console's rate chart.
+import { spawn } from 'node:child_process';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { FerryError } from '../errors.js';
+import type { FleetRecord } from '../fleet/state.js';
+import { cancelJob } from '../jobs/import-job.js';
+import { JobStore, type Job } from '../jobs/job-store.js';
+import { stateDir } from '../transfer/checkpoint.js';
+import { toolVersion } from '../version.js';
+import { consolePage } from './console.js';
+
+export interface ServerOptions {
+  listen: string;
+  token?: string;
+  /** Called for each request handled (method, path, status), for logs. */
+  onRequest?: (r: { method: string; path: string; status: number }) => void;
+}
+
+/** A job as the API shows it: an import, or one host of a fleet run. */
+export interface ApiJob {
+  id: string;
+  kind: 'import' | 'migration';
+  state: string;
+  phase?: string;
+  source: string;
+  target: string;
+  bytesDone: number;
+  bytesTotal: number;
+  percent: number;
+  rate: number | null;
+  eta: number | null;
+  started: string | null;
+  finished: string | null;
+  error: { code: string; message: string; remedy?: string } | null;
+}
+
+const BIN = fileURLToPath(new URL('../../../bin/ferry.js', import.meta.url));
+
+function fromImport(j: Job): ApiJob {
+  return {
+    id: j.id,
+    kind: 'import',
+    state: j.state,
+    source: j.source,
+    target: j.target,
+    bytesDone: j.bytesDone,
+    bytesTotal: j.bytesTotal,
+    percent: j.bytesTotal ? Math.floor((100 * j.bytesDone) / j.bytesTotal) : j.state === 'succeeded' ? 100 : 0,
+    rate: j.rate,
+    eta: j.eta,
+    started: j.started,
+    finished: j.finished,
+    error: j.error ? { code: j.error.code, message: j.error.message, ...(j.error.remedy ? { remedy: j.error.remedy } : {}) } : null,
+  };
+}
+
+function fleetJobs(): ApiJob[] {
+  const dir = join(stateDir(), 'fleet');
+  let files: string[] = [];
+  try {
+    files = readdirSync(dir).filter((f) => f.endsWith('.json'));
+  } catch {
+    return [];
+  }
+  const out: ApiJob[] = [];
+  for (const f of files) {
+    let rec: FleetRecord;
+    try {
+      rec = JSON.parse(readFileSync(join(dir, f), 'utf8')) as FleetRecord;
+    } catch {
+      continue; // being replaced right now
+    }
+    for (const h of Object.values(rec.hosts)) {
+      const report = h.report as { target?: string; disks?: { source: string }[] } | undefined;
+      out.push({
+        id: `fleet:${f.replace(/\.json$/, '')}:${h.name}`,
+        kind: 'migration',
+        state: h.state,
+        phase: h.phase,
+        source: h.name,
+        target: report?.target ?? rec.inventory,
+        bytesDone: h.bytesSent ?? 0,
+        bytesTotal: h.bytesToMove ?? 0,
+        percent: h.percent ?? 0,
+        rate: h.rate ?? null,
+        eta: h.etaSeconds ?? null,
+        started: h.startedAt ?? null,
+        finished: h.finishedAt ?? null,
+        error: h.error ?? null,
+      });
+    }
+  }
+  return out;
+}
+
+export interface RunningServer {
+  address: string;
+  port: number;
+  token: string;
+  close(): Promise<void>;
+}
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+async function body(req: IncomingMessage): Promise<Record<string, unknown>> {
+  let text = '';
+  for await (const chunk of req) {
+    text += (chunk as Buffer).toString('utf8');
+    if (text.length > 64 * 1024) throw new HttpError(413, 'USAGE', 'request body over 64 KiB');
+  }
+  if (!text) return {};
+  try {
+    const v = JSON.parse(text) as unknown;
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not an object');
+    return v as Record<string, unknown>;
+  } catch {
+    throw new HttpError(400, 'USAGE', 'the body is not a JSON object');
+  }
+}
+
+export async function startServer(opts: ServerOptions): Promise<RunningServer> {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(opts.listen);
+  if (!m) throw new FerryError('USAGE', `--listen '${opts.listen}' is not HOST:PORT`, { remedy: 'For example --listen 127.0.0.1:8787.' });
+  const host = m[1] ?? (m[2] || '0.0.0.0');
+  const token = opts.token ?? randomBytes(18).toString('base64url');
+  const tokenBuf = Buffer.from(token);
+  const jobs = JobStore.open();
+  /** Progress samples of running jobs: id → [time ms, bytes done][] (last 10 minutes). */
+  const samples = new Map<string, [number, number][]>();
+  const allJobs = (): ApiJob[] => [...jobs.list({ limit: 500 }).map(fromImport), ...fleetJobs()];
+  const sampler = setInterval(() => {
+    const now = Date.now();
+    for (const j of allJobs()) {
+      if (j.finished && samples.has(j.id)) continue;
+      if (!['preflight', 'copying', 'verifying', 'running'].includes(j.state)) continue;
+      const s = samples.get(j.id) ?? [];
+      s.push([now, j.bytesDone]);
+      while (s.length > 300) s.shift();
+      samples.set(j.id, s);
+    }
+  }, 2000);
+  sampler.unref();
+
+  const authorized = (req: IncomingMessage): boolean => {
+    const h = req.headers.authorization ?? '';
+    const given = Buffer.from(h.startsWith('Bearer ') ? h.slice(7) : '');
+    return given.length === tokenBuf.length && timingSafeEqual(given, tokenBuf);
+  };
+
+  const spawnFerry = (args: string[]) => {
+    const child = spawn(process.execPath, [BIN, ...args, '--json'], { stdio: 'ignore', detached: true, env: { ...process.env, FERRY_STATE_DIR: stateDir() } });
+    child.unref();
+  };
+
+  const route = async (req: IncomingMessage, res: ServerResponse, path: string): Promise<unknown> => {
+    const method = req.method ?? 'GET';
+    if (path === '/api/health') return { ok: true, version: toolVersion() };
+    if (!authorized(req)) throw new HttpError(401, 'UNAUTHORIZED', 'this API needs the server\'s token: Authorization: Bearer TOKEN');
+    if (path === '/api/jobs' && method === 'GET') return { jobs: allJobs() };
+    if (path === '/api/jobs' && method === 'POST') {
+      const b = await body(req);
+      if (b.kind !== 'import' || typeof b.source !== 'string' || typeof b.target !== 'string') {
+        throw new HttpError(400, 'USAGE', 'give {"kind": "import", "source": "s3://… or a file", "target": "a file or device"}');
+      }
+      spawnFerry(['import', b.source, '--target', b.target, ...(typeof b.format === 'string' ? ['--format', b.format] : [])]);
+      res.statusCode = 202;
+      return { accepted: true, source: b.source, target: b.target };
+    }
+    const one = /^\/api\/jobs\/([^/]+)(?:\/(retry|cancel|rates))?$/.exec(path);
+    if (one) {
+      const id = decodeURIComponent(one[1]!);
+      const action = one[2];
+      const job = allJobs().find((j) => j.id === id || (j.kind === 'import' && j.id.startsWith(id)));
+      if (!job) throw new HttpError(404, 'JOB_NOT_FOUND', `no job ${id}`);
+      if (!action && method === 'GET') return { job, ...(job.kind === 'import' ? { events: jobs.events(job.id) } : {}) };
+      if (action === 'rates' && method === 'GET') {
+        const s = samples.get(job.id) ?? [];
+        return { id: job.id, rates: s.slice(1).map(([t, b], i) => ({ at: new Date(t).toISOString(), bytesPerSecond: Math.max(0, (b - s[i]![1]) / ((t - s[i]![0]) / 1000)) })) };
+      }
+      if (job.kind !== 'import') throw new HttpError(400, 'USAGE', 'fleet hosts are retried by running `ferry fleet run` again');
+      if (action === 'cancel' && method === 'POST') return { job: fromImport(await cancelJob(job.id)) };
+      if (action === 'retry' && method === 'POST') {
+        if (job.state === 'succeeded' || job.state === 'cancelled') throw new HttpError(409, 'JOB_STATE', `job ${job.id} is ${job.state}: nothing to retry`);
+        spawnFerry(['jobs', 'retry', job.id]);
+        res.statusCode = 202;
+        return { accepted: true, id: job.id };
+      }
+    }
+    throw new HttpError(404, 'NOT_FOUND', `no ${method} ${path}`);
+  };
+
+  const metrics = (): string => {
+    const all = allJobs();
+    const lines = ['# HELP ferry_jobs Jobs by kind and state.', '# TYPE ferry_jobs gauge'];
+    const counts = new Map<string, number>();
+    for (const j of all) counts.set(`kind="${j.kind}",state="${j.state}"`, (counts.get(`kind="${j.kind}",state="${j.state}"`) ?? 0) + 1);
+    for (const [k, n] of counts) lines.push(`ferry_jobs{${k}} ${n}`);
+    lines.push('# HELP ferry_job_bytes_done Bytes done by running jobs.', '# TYPE ferry_job_bytes_done gauge');
+    for (const j of all) if (!j.finished) lines.push(`ferry_job_bytes_done{id="${j.id}",kind="${j.kind}"} ${j.bytesDone}`);
+    lines.push('# HELP ferry_job_rate_bytes_per_second Current rate of running jobs.', '# TYPE ferry_job_rate_bytes_per_second gauge');
+    for (const j of all) if (!j.finished && j.rate !== null) lines.push(`ferry_job_rate_bytes_per_second{id="${j.id}",kind="${j.kind}"} ${j.rate}`);
+    return lines.join('\n') + '\n';
+  };
+
+  const server: Server = createServer((req, res) => {
+    const path = new URL(req.url ?? '/', 'http://x').pathname;
+    const done = (status: number, type: string, text: string) => {
+      res.statusCode = status;
+      res.setHeader('content-type', type);
+      res.setHeader('cache-control', 'no-store');
+      res.end(text);
+      opts.onRequest?.({ method: req.method ?? 'GET', path, status });
+    };
+    if (path === '/' && req.method === 'GET') return done(200, 'text/html; charset=utf-8', consolePage());
+    if (path === '/metrics' && req.method === 'GET') return done(200, 'text/plain; version=0.0.4', metrics());
+    route(req, res, path).then(
+      (doc) => done(res.statusCode === 200 ? 200 : res.statusCode, 'application/json', JSON.stringify(doc)),
+      (err: unknown) => {
+        if (err instanceof HttpError) return done(err.status, 'application/json', JSON.stringify({ error: { code: err.code, message: err.message } }));
+        if (err instanceof FerryError) return done(err.code === 'JOB_NOT_FOUND' ? 404 : 409, 'application/json', JSON.stringify({ error: err.toJSON() }));
+        done(500, 'application/json', JSON.stringify({ error: { code: 'INTERNAL', message: String((err as Error)?.message ?? err) } }));
+      },
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(new FerryError('USAGE', `cannot listen on ${opts.listen} (${err.code})`, { remedy: err.code === 'EADDRINUSE' ? 'Another program uses this port: choose another with --listen.' : 'Check the address.' })),
+    );
+    server.listen(Number(m[3]), host, () => resolve());
+  });
+  const addr = server.address() as { address: string; port: number };
+  return {
+    address: `${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`,
+    port: addr.port,
+    token,
+    close: async () => {
+      clearInterval(sampler);
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeAllConnections();
+      jobs.close();
+    },
+  };
+}
