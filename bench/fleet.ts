@@ -1,6 +1,6 @@
 // Fleet benchmark: 16 concurrent migrations through one controller on this 2-core machine. A LAN
 // of network namespaces (test/netlan.ts): 16 source hosts, each running its own OpenSSH server and
-// holding its own disk (24 MiB of random data in a 32 MiB disk), and one target host running one
+// holding its own disk (64 MiB of random data in an 80 MiB disk), and one target host running one
 // `ferry receive` with 16 disks, behind a link shaped with tc to the capacity given (default
 // 200 Mbit/s, the only bottleneck). `ferry fleet run --concurrency 16` copies the agent to every
 // source and migrates them all at once. Printed: the aggregate rate on the wire while migrating
@@ -17,8 +17,8 @@ import { FERRY, OUT, ROOT, exec, sha256File, table, warnIfBusy } from './lib.js'
 import { lan, type Lan } from '../test/netlan.js';
 
 const MiB = 1024 * 1024;
-const DISK = 32 * MiB;
-const DATA = 24 * MiB;
+const DISK = 80 * MiB;
+const DATA = 64 * MiB;
 const DIR = join(OUT, 'fleet');
 const AGENT = join(ROOT, 'dist', 'agent', 'ferry-agent');
 
@@ -113,7 +113,7 @@ async function main(): Promise<void> {
     writeFileSync(join(DIR, 'inventory.yaml'), inv + '\n');
 
     console.log(`fleet: ${N} sources, each ${DATA / MiB} MiB of random data in a ${DISK / MiB} MiB disk, to one receiver behind a ${linkMbit} Mbit/s link`);
-    const run = await exec('/usr/bin/time', ['-f', 'FLEET-TIME %e %M', 'ip', 'netns', 'exec', net.hub, process.execPath, FERRY, 'fleet', 'run', join(DIR, 'inventory.yaml'), '--concurrency', String(N), '--json']);
+    const run = await exec('/usr/bin/time', ['-f', 'FLEET-TIME %e %M', 'env', `FERRY_STATE_DIR=${join(DIR, 'state')}`, 'ip', 'netns', 'exec', net.hub, process.execPath, FERRY, 'fleet', 'run', join(DIR, 'inventory.yaml'), '--concurrency', String(N), '--json']);
     const time = /FLEET-TIME ([\d.]+) (\d+)/.exec(run.stderr);
     let doc: { hosts: { name: string; state: string; finishedAt?: string; report?: Report; error?: { code: string; message: string } }[]; succeeded: number; failed: number };
     try {

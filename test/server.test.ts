@@ -7,7 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -55,7 +55,7 @@ before(async () => {
   writeFileSync(join(dir, 'notimg.bin'), randomBytes(65536));
   assert.equal(ferry(['import', join(dir, 'disk.qcow2'), '--target', join(dir, 'ok.raw'), '--json']).code, 0);
   assert.notEqual(ferry(['import', join(dir, 'notimg.bin'), '--format', 'qcow2', '--target', join(dir, 'bad.raw'), '--json']).code, 0);
-  server = spawn(process.execPath, [BIN, 'server', '--listen', '127.0.0.1:0', '--data-dir', join(dir, 'state'), '--json']);
+  server = spawn(process.execPath, [BIN, 'server', '--listen', '127.0.0.1:0', '--data-dir', join(dir, 'state'), '--json'], { env: { ...process.env, FERRY_SERVER_SAMPLE_MS: '100' } });
   let out = '';
   server.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   for (let i = 0; i < 200 && !out.includes('\n'); i++) await new Promise((r) => setTimeout(r, 50));
@@ -120,4 +120,48 @@ test('the console page and the Prometheus metrics are served', async () => {
   assert.equal(m.status, 200);
   assert.match(m.doc, /^ferry_jobs\{kind="import",state="failed"\} 1$/m);
   assert.match(m.doc, /^ferry_jobs\{kind="import",state="succeeded"\} [23]$/m);
+});
+
+test('the console in headless Chromium: the job list, a job\'s rate chart and a failure\'s remedy; a screenshot', async () => {
+  // A larger import, sampled while it runs (every 100 ms here), gives the chart something to draw.
+  const big = join(dir, 'big.raw');
+  const fd = openSync(big, 'w');
+  for (let i = 0; i < 48; i++) writeSync(fd, randomBytes(8 * 1024 * 1024));
+  closeSync(fd);
+  const target = join(dir, 'big-copy.raw');
+  assert.equal((await call('/api/jobs', { method: 'POST', body: { kind: 'import', source: big, target } })).status, 202);
+  let job: ApiJob | undefined;
+  for (let i = 0; i < 600 && job?.state !== 'succeeded' && job?.state !== 'failed'; i++) {
+    await new Promise((res) => setTimeout(res, 100));
+    job = ((await call('/api/jobs')).doc.jobs as ApiJob[]).find((j) => j.target === target);
+  }
+  assert.equal(job?.state, 'succeeded', JSON.stringify(job));
+  const rates = (await call(`/api/jobs/${job!.id}/rates`)).doc.rates as { bytesPerSecond: number }[];
+  assert.ok(rates.length >= 2 && rates.some((r) => r.bytesPerSecond > 0), `rate samples: ${JSON.stringify(rates)}`);
+
+  const { chromium } = await import('playwright-core');
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    await page.goto(`${base}/#token=${encodeURIComponent(token)}`);
+    await page.waitForSelector('tr.job');
+    assert.ok((await page.locator('tr.job').count()) >= 4);
+    // The job list shows the failure with its remedy.
+    await page.locator('tr.job', { hasText: 'IMAGE_FORMAT_MISMATCH' }).first().locator('.remedy').waitFor();
+    // The big import's chart.
+    await page.locator('tr.job', { hasText: 'big-copy.raw' }).click();
+    await page.waitForFunction('Number(document.getElementById("chart").dataset.samples) >= 2');
+    const artifacts = process.env.FERRY_TEST_ARTIFACTS ?? join(tmpdir(), 'ferry-test-artifacts');
+    mkdirSync(artifacts, { recursive: true });
+    await page.screenshot({ path: join(artifacts, 'console-chart.png'), fullPage: true });
+    // A failed job's detail: code, message and remedy.
+    await page.locator('tr.job', { hasText: 'IMAGE_FORMAT_MISMATCH' }).first().click();
+    await page.locator('#d-body .remedy', { hasText: '--format' }).waitFor();
+    const shot = join(artifacts, 'console-failure.png');
+    await page.screenshot({ path: shot, fullPage: true });
+    assert.ok(statSync(shot).size > 10_000, 'the screenshot has content');
+    console.log(`# console screenshots: ${join(artifacts, 'console-chart.png')}, ${shot}`);
+  } finally {
+    await browser.close();
+  }
 });

@@ -8,10 +8,16 @@ export function agentPath(): string {
   return process.env.FERRY_AGENT ?? fileURLToPath(new URL('../../agent/ferry-agent', import.meta.url));
 }
 
-/** The agent's path and size; AGENT_NOT_BUILT when it is missing. */
-export function requireAgent(path = agentPath()): { path: string; size: number } {
+/**
+ * The agent's path and size; AGENT_NOT_BUILT when it is missing. `gzipped`: its gzip copy (built
+ * beside it), when that is at least as new as the agent.
+ */
+export function requireAgent(path = agentPath()): { path: string; size: number; gzipped?: string } {
   if (!existsSync(path)) {
     throw new FerryError('AGENT_NOT_BUILT', `the agent executable ${path} does not exist`, { remedy: 'Build it in the checkout: npm run build:agent (or set FERRY_AGENT to its path).' });
   }
-  return { path, size: statSync(path).size };
+  const st = statSync(path);
+  const gz = `${path}.gz`;
+  const fresh = existsSync(gz) && statSync(gz).mtimeMs >= st.mtimeMs;
+  return { path, size: st.size, ...(fresh ? { gzipped: gz } : {}) };
 }

@@ -102,6 +102,18 @@ export async function runFleet(inv: Inventory, opts: FleetOptions = {}): Promise
 
   const perHostBandwidth = opts.bandwidthTotal ? Math.floor(opts.bandwidthTotal / Math.min(concurrency, inv.hosts.length - skipped.size || 1)) : undefined;
 
+  // The first wave (the hosts started at once) begins migrating together, once all of them have
+  // the agent (or failed to get it, or after two minutes): the link is then shared from the start
+  // instead of the first hosts running alone while the others are still being copied to.
+  const queue = inv.hosts.filter((h) => !skipped.has(h.name));
+  const wave = new Set(queue.slice(0, concurrency).map((h) => h.name));
+  let openGate: () => void = () => {};
+  const gate = new Promise<void>((resolve) => (openGate = resolve));
+  const ready = (name: string) => {
+    if (wave.delete(name) && wave.size === 0) openGate();
+  };
+  if (wave.size === 0) openGate();
+
   const runHost = async (h: FleetHost): Promise<void> => {
     const phase = (p: HostPhase) => update(h.name, { phase: p }, true);
     update(h.name, { state: 'running', phase: 'connecting', attempts: record.hosts[h.name]!.attempts + 1, startedAt: new Date().toISOString() }, true);
@@ -115,8 +127,22 @@ export async function runFleet(inv: Inventory, opts: FleetOptions = {}): Promise
         throw new FerryError('IO_ERROR', `${ssh.label}: cannot make a directory in ${h.ssh.workdir} (${mk.stderr.trim() || `exit ${mk.code}`})`, { remedy: 'Set ssh.workdir to a writable directory on the source.' });
       }
       phase('copying agent');
-      await ssh.upload(agent.path, `${dir}/ferry-agent`, 0o700);
+      const exe = `${dir}/ferry-agent`;
+      let copied = false;
+      if (agent.gzipped) {
+        // A third of the bytes; unpacked on the source (gzip checks its CRC), if it has gzip.
+        await ssh.upload(agent.gzipped, `${exe}.gz`, 0o600);
+        const unpack = await ssh.exec(`gzip -dc ${shq(`${exe}.gz`)} > ${shq(exe)} && chmod 700 ${shq(exe)} && rm -f ${shq(`${exe}.gz`)}`);
+        copied = unpack.code === 0;
+      }
+      if (!copied) await ssh.upload(agent.path, exe, 0o700);
       await ssh.writeFile(`${dir}/ferry.yaml`, agentConfig(h, perHostBandwidth), 0o600);
+      if (wave.has(h.name)) {
+        ready(h.name);
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([gate, new Promise<void>((resolve) => (timer = setTimeout(resolve, 120_000)))]);
+        clearTimeout(timer);
+      }
       phase('preflight');
       const sudo = h.ssh.sudo ? 'sudo -n ' : '';
       const command = `${sudo}${shq(`${dir}/ferry-agent`)} migrate --config ${shq(`${dir}/ferry.yaml`)} --json`;
@@ -159,6 +185,7 @@ export async function runFleet(inv: Inventory, opts: FleetOptions = {}): Promise
     } catch (err) {
       update(h.name, { state: 'failed', error: asError(err), finishedAt: new Date().toISOString() }, true);
     } finally {
+      ready(h.name); // a host that failed before migrating must not hold the others back
       if (ssh && dir) {
         // The agent, its config and the token go, whatever happened.
         await ssh.exec(`rm -rf ${shq(dir)}`).catch(() => undefined);
@@ -169,7 +196,6 @@ export async function runFleet(inv: Inventory, opts: FleetOptions = {}): Promise
     }
   };
 
-  const queue = inv.hosts.filter((h) => !skipped.has(h.name));
   const workers = Array.from({ length: Math.min(concurrency, queue.length) }, async () => {
     for (let h = queue.shift(); h; h = queue.shift()) {
       if (opts.signal?.aborted) {

@@ -54,12 +54,27 @@ export function frame(type: FrameType, payload: Buffer | object): Buffer[] {
 export function sendFrame(socket: Socket, type: FrameType, payload: Buffer | object): Promise<void> {
   const [head, body] = frame(type, payload);
   return new Promise((resolve, reject) => {
+    // Settles once: written (the callback, or 'drain' for a full buffer), or failed — including a
+    // connection closed while waiting for 'drain', which would otherwise never come (and with no
+    // handle left, the process would end with the migration unfinished).
+    let settled = false;
+    const done = (err?: Error | null) => {
+      if (settled) return;
+      settled = true;
+      socket.off('drain', onDrain);
+      socket.off('close', onClose);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onDrain = () => done();
+    const onClose = () => done(Object.assign(new Error('the connection closed while sending'), { code: 'ECONNRESET' }));
     socket.cork();
     socket.write(head!);
-    const ok = socket.write(body!, (err) => (err ? reject(err) : undefined));
+    const ok = socket.write(body!, (err) => done(err ?? null));
     socket.uncork();
-    if (ok) resolve();
-    else socket.once('drain', resolve);
+    if (ok) return done();
+    socket.on('drain', onDrain);
+    socket.on('close', onClose);
   });
 }
 

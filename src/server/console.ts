@@ -51,6 +51,7 @@ function row(j) {
 }
 function chart(rates) {
   const c = document.getElementById('chart'), g = c.getContext('2d');
+  c.dataset.samples = String(rates.length);
   g.clearRect(0, 0, c.width, c.height); g.strokeStyle = '#c8d0dc'; g.strokeRect(0.5, 0.5, c.width - 1, c.height - 1);
   if (!rates.length) { g.fillStyle = '#6b7785'; g.fillText('no rate samples yet (taken every 2 s while the job runs)', 10, 20); return; }
   const max = Math.max(...rates.map((r) => r.bytesPerSecond), 1);
@@ -65,7 +66,7 @@ async function showDetail(id) {
   chart(r.rates);
   document.getElementById('d-body').innerHTML = '<p>' + esc(j.state) + ', ' + bytes(j.bytesDone) + ' of ' + bytes(j.bytesTotal) + '; started ' + esc(j.started || '') + (j.finished ? ', finished ' + esc(j.finished) : '') + '</p>' +
     (j.error ? '<p class="error">' + esc(j.error.code) + ': ' + esc(j.error.message) + '</p><div class="remedy">Remedy: ' + esc(j.error.remedy || '') + '</div>' : '') +
-    (d.events ? '<ul>' + d.events.slice(-8).map((e) => '<li>' + esc(e.at) + ' ' + esc(e.message) + '</li>').join('') + '</ul>' : '');
+    (d.events ? '<ul>' + d.events.slice(-8).map((e) => '<li>' + esc(e.at) + ' ' + esc(e.message || e.state) + '</li>').join('') + '</ul>' : '');
   const acts = document.getElementById('d-actions'); acts.innerHTML = '';
   if (j.kind === 'import' && !['succeeded', 'cancelled'].includes(j.state)) {
     for (const a of ['retry', 'cancel']) { const b = document.createElement('button'); b.textContent = a[0].toUpperCase() + a.slice(1); b.onclick = () => api('/api/jobs/' + encodeURIComponent(j.id) + '/' + a, 'POST').then(refresh, (e) => msg(e.message)); acts.appendChild(b); }

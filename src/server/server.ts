@@ -44,6 +44,9 @@ export interface ApiJob {
   error: { code: string; message: string; remedy?: string } | null;
 }
 
+/** How often running jobs' progress is sampled for the rate chart (FERRY_SERVER_SAMPLE_MS: tests). */
+const SAMPLE_MS = Math.max(100, Number(process.env.FERRY_SERVER_SAMPLE_MS) || 2000);
+
 const BIN = fileURLToPath(new URL('../../../bin/ferry.js', import.meta.url));
 
 function fromImport(j: Job): ApiJob {
@@ -156,7 +159,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       while (s.length > 300) s.shift();
       samples.set(j.id, s);
     }
-  }, 2000);
+  }, SAMPLE_MS);
   sampler.unref();
 
   const authorized = (req: IncomingMessage): boolean => {
