@@ -26,6 +26,8 @@ command -v openssl >/dev/null || need+=(openssl)
 # The fleet test (test/fleet.test.ts): real OpenSSH servers in network namespaces.
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
+# The web console test (test/server.test.ts): headless Chromium driven by playwright-core.
+command -v chromium >/dev/null || need+=(chromium)
 # The real S3 server of the tests (OpenStack Swift with s3api; see scripts/s3-server.sh).
 for p in swift swift-proxy swift-object swift-container swift-account python3-swift memcached; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
