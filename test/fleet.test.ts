@@ -234,6 +234,8 @@ test('fleet run: four hosts over SSH at once; the one with a too-small target fa
   assert.deepEqual(readdirSync(join(dir, 'work')), []);
   // Progress was reported as events.
   assert.match(first.stderr, /"phase":"migrating"/);
+  const span = (h: HostResult) => ((Date.parse(h.finishedAt!) - Date.parse(h.startedAt!)) / 1000).toFixed(1);
+  console.log(`# fleet run 1: ${ok.map((h) => `${h.name} succeeded in ${span(h)} s`).join(', ')} (all started before any finished); web3 failed: ${bad.error!.code}: ${bad.error!.message}`);
 
   // Fix the target, run again: only web3 runs.
   stopReceiver(3);
@@ -248,6 +250,7 @@ test('fleet run: four hosts over SSH at once; the one with a too-small target fa
   assert.equal(second.doc.hosts.find((h) => h.name === 'web3')?.state, 'succeeded');
   assert.ok(second.doc.hosts.filter((h) => h.name !== 'web3').every((h) => h.skipped));
   assert.equal(fileSha(tgt(3)), fileSha(src(3)));
+  console.log(`# fleet run 2 (target fixed): ${second.doc.succeeded} migrated, ${second.doc.skipped} skipped, ${second.doc.failed} failed; all four targets identical to their sources`);
   assert.deepEqual(readdirSync(join(dir, 'work')), []);
 
   const status = await run(net.exec(net.hub, [process.execPath, BIN, 'fleet', 'status', file, '--json']), { FERRY_STATE_DIR: join(dir, 'controller') });
@@ -270,6 +273,7 @@ test('fleet run: an unknown host key and an unreachable host are refused with th
   assert.match(web1.error!.remedy!, /ssh-keyscan/);
   assert.equal(web2.error?.code, 'SSH_UNREACHABLE', JSON.stringify(web2));
   assert.match(web2.error!.message, /ECONNREFUSED|timed out/);
+  console.log(`# refused: ${web1.error!.code}: ${web1.error!.message}; ${web2.error!.code}: ${web2.error!.message}`);
 });
 
 test('the agent runs where there is no Node.js: a chroot holding only the agent and the C libraries', async () => {
@@ -295,4 +299,5 @@ test('the agent runs where there is no Node.js: a chroot holding only the agent 
   const report = JSON.parse(r.stdout) as { disks: { verified: boolean }[] };
   assert.ok(report.disks.every((d) => d.verified));
   assert.equal(fileSha(tgt(1)), fileSha(src(1)));
+  console.log(`# agent in a chroot without Node.js (no /usr, PATH=/nonexistent): migrated ${(report as unknown as { bytesSent: number }).bytesSent} bytes, verified, target identical`);
 });
