@@ -9,13 +9,16 @@ function invalid(file: string, problems: string[], remedy: string): FerryError {
   return new FerryError('CONFIG_INVALID', `${file}: ${problems.length} problem(s):\n  ${problems.slice(0, 20).join('\n  ')}`, { remedy, details: { problems } });
 }
 
-/** Reads `file` and checks it against `schema`; `what` names the file for a missing-file message. */
-export function loadYaml<S extends z.ZodType>(file: string, schema: S, what: { kind: string; remedy: string }): z.infer<S> {
+/**
+ * Reads `file` and checks it against `schema`. `what`: the kind of file (for messages), the remedy
+ * for a missing file and the one for a file with problems.
+ */
+export function loadYaml<S extends z.ZodType>(file: string, schema: S, what: { kind: string; missing: string; remedy: string }): z.infer<S> {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new FerryError('FILE_NOT_FOUND', `${file}: cannot read the ${what.kind} (${(err as NodeJS.ErrnoException).code})`, { remedy: what.remedy });
+    throw new FerryError('FILE_NOT_FOUND', `${file}: cannot read the ${what.kind} (${(err as NodeJS.ErrnoException).code})`, { remedy: what.missing });
   }
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false });

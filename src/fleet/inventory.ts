@@ -115,7 +115,7 @@ function expandHome(path: string, base: string): string {
 
 /** Reads and checks an inventory; relative key and known_hosts paths are relative to its directory. */
 export function loadInventory(file: string): Inventory {
-  const inv = loadYaml(file, Schema, { kind: 'inventory', remedy: 'Fix the lines named (see `ferry fleet run --help` and the README for the inventory format).' });
+  const inv = loadYaml(file, Schema, { kind: 'inventory', missing: 'Give the path of an inventory file (its format is in the README, under `ferry fleet run`).', remedy: 'Fix the lines named (see `ferry fleet run --help` and the README for the inventory format).' });
   const base = resolve(file, '..');
   const d = inv.defaults ?? {};
   const hosts = inv.hosts.map((h): FleetHost => {

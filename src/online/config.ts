@@ -43,7 +43,7 @@ export type MigrateConfig = z.infer<typeof Schema>;
 
 /** Reads and checks a config file; errors name the line and column of each problem. */
 export function loadMigrateConfig(file: string): MigrateConfig & { token?: string } {
-  const cfg = loadYaml(file, Schema, { kind: 'config file', remedy: 'Fix the lines named (`ferry init` writes a commented example).' });
+  const cfg = loadYaml(file, Schema, { kind: 'config file', missing: 'Give the path of the file `ferry init` wrote.', remedy: 'Fix the lines named (`ferry init` writes a commented example).' });
   const env = cfg.target.token_env ?? 'FERRY_TOKEN';
   const token = cfg.target.token ?? process.env[env];
   return { ...cfg, ...(token ? { token } : {}) };
