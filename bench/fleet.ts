@@ -11,10 +11,11 @@
 //   bash bench/run-fleet.sh [--hosts N] [--link-mbit M]
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { FERRY, OUT, ROOT, exec, sha256File, table, warnIfBusy } from './lib.js';
 import { lan, type Lan } from '../test/netlan.js';
+import { startSshd, stopSshd, type Sshd } from '../test/sshd.js';
 
 const MiB = 1024 * 1024;
 const DISK = 80 * MiB;
@@ -49,18 +50,12 @@ async function main(): Promise<void> {
   await warnIfBusy();
   rmSync(DIR, { recursive: true, force: true });
   mkdirSync(join(DIR, 'work'), { recursive: true });
-  mkdirSync('/run/sshd', { recursive: true });
   const children: ChildProcess[] = [];
+  const sshds: Sshd[] = [];
   let net: Lan | undefined;
   const cleanup = () => {
     for (const c of children) c.kill('SIGKILL');
-    for (let i = 0; i < N; i++) {
-      try {
-        process.kill(Number(readFileSync(join(DIR, `sshd${i}.pid`), 'utf8')), 'SIGKILL');
-      } catch {
-        // not running
-      }
-    }
+    for (const sd of sshds) stopSshd(sd);
     net?.remove();
   };
   process.on('exit', cleanup);
@@ -80,13 +75,9 @@ async function main(): Promise<void> {
       truncateSync(src, DISK);
       writeFileSync(join(DIR, `tgt${i}.img`), '');
       truncateSync(join(DIR, `tgt${i}.img`), DISK);
-      const key = join(DIR, `hostkey${i}`);
-      execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', key]);
-      const cfg = join(DIR, `sshd${i}.conf`);
-      writeFileSync(cfg, [`ListenAddress ${h.addr}`, `HostKey ${key}`, `PidFile ${join(DIR, `sshd${i}.pid`)}`, `AuthorizedKeysFile ${join(DIR, 'client.pub')}`, 'StrictModes no', 'UsePAM no', 'PermitRootLogin prohibit-password', 'PasswordAuthentication no', 'Subsystem sftp internal-sftp', 'MaxStartups 64', 'LogLevel ERROR'].join('\n') + '\n');
-      children.push(spawn('ip', ['netns', 'exec', h.ns, '/usr/sbin/sshd', '-D', '-e', '-f', cfg], { stdio: 'ignore' }));
-      const pub = readFileSync(`${key}.pub`, 'utf8').trim().split(' ');
-      known.push(`${h.addr} ${pub[0]} ${pub[1]}`);
+      const sd = startSshd({ ns: h.ns, addr: h.addr, dir: DIR, name: `src${i}`, clientPub: join(DIR, 'client.pub') });
+      sshds.push(sd);
+      known.push(sd.knownHostsLine);
     }
     writeFileSync(join(DIR, 'known_hosts'), known.join('\n') + '\n');
     const token = randomBytes(12).toString('hex');

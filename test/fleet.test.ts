@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fileSha } from './file-sha.js';
 import { lan, type Lan } from './netlan.js';
+import { startSshd, stopSshd, type Sshd } from './sshd.js';
 
 const BIN = fileURLToPath(new URL('../../bin/ferry.js', import.meta.url));
 const AGENT = fileURLToPath(new URL('../agent/ferry-agent', import.meta.url));
@@ -26,6 +27,7 @@ let net: Lan;
 const children = new Set<ChildProcess>();
 const receivers: (ChildProcess | undefined)[] = [];
 const fingerprints: string[] = [];
+const sshds: Sshd[] = [];
 const tokens = Array.from({ length: HOSTS }, () => randomBytes(12).toString('hex'));
 
 const src = (i: number) => join(dir, `src${i}.img`);
@@ -86,33 +88,6 @@ function stopReceiver(i: number): void {
   receivers[i] = undefined;
 }
 
-function startSshd(i: number): void {
-  const h = srcHost(i);
-  const key = join(dir, `hostkey${i}`);
-  execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', key]);
-  const cfg = join(dir, `sshd${i}.conf`);
-  writeFileSync(
-    cfg,
-    [
-      `ListenAddress ${h.addr}`,
-      'Port 22',
-      `HostKey ${key}`,
-      `PidFile ${join(dir, `sshd${i}.pid`)}`,
-      `AuthorizedKeysFile ${join(dir, 'client.pub')}`,
-      'StrictModes no',
-      'UsePAM no',
-      'PermitRootLogin prohibit-password',
-      'PasswordAuthentication no',
-      'KbdInteractiveAuthentication no',
-      'Subsystem sftp internal-sftp',
-      'LogLevel ERROR',
-    ].join('\n') + '\n',
-  );
-  const cmd = net.exec(h.ns, ['/usr/sbin/sshd', '-D', '-e', '-f', cfg]);
-  const child = spawn(cmd[0]!, cmd.slice(1), { stdio: 'ignore' });
-  children.add(child);
-}
-
 /** A source disk: random data at places that differ per host, zeros elsewhere. */
 function makeSource(i: number): void {
   const fd = openSync(src(i), 'w');
@@ -168,7 +143,6 @@ before(async () => {
   assert.ok(existsSync(AGENT), `${AGENT} missing: the test setup builds it (node scripts/build-agent.mjs)`);
   dir = mkdtempSync(join(tmpdir(), 'ferry-fleet-'));
   mkdirSync(join(dir, 'work'));
-  mkdirSync('/run/sshd', { recursive: true });
   execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'client')]);
   chmodSync(join(dir, 'client'), 0o600);
   net = lan(2 * HOSTS);
@@ -182,13 +156,12 @@ before(async () => {
       writeFileSync(tgt(i), '');
       truncateSync(tgt(i), DISK);
     }
-    startSshd(i);
+    sshds[i] = startSshd({ ns: srcHost(i).ns, addr: srcHost(i).addr, dir, name: `src${i}`, clientPub: join(dir, 'client.pub') });
     await startReceiver(i);
   }
   for (let i = 0; i < HOSTS; i++) {
     await waitPort(net.hub, srcHost(i).addr, 22);
-    const pub = readFileSync(join(dir, `hostkey${i}.pub`), 'utf8').trim().split(' ');
-    known.push(`${srcHost(i).addr} ${pub[0]} ${pub[1]}`);
+    known.push(sshds[i]!.knownHostsLine);
   }
   writeFileSync(join(dir, 'known_hosts'), known.join('\n') + '\n');
 });
@@ -204,8 +177,7 @@ after(() => {
   };
   for (const c of children) attempt(() => c.kill('SIGKILL'));
   for (let i = 0; i < HOSTS; i++) attempt(() => stopReceiver(i));
-  // sshd daemons started with -D stay children of `ip netns exec`: kill them by their pid files too.
-  for (let i = 0; i < HOSTS; i++) attempt(() => process.kill(Number(readFileSync(join(dir, `sshd${i}.pid`), 'utf8')), 'SIGKILL'));
+  for (const sd of sshds) attempt(() => stopSshd(sd));
   attempt(() => net?.remove());
   attempt(() => {
     if (loopDev) spawnSync('losetup', ['-d', loopDev]);
@@ -262,7 +234,7 @@ test('fleet run: an unknown host key and an unreachable host are refused with th
   // web1's key removed from known_hosts; web2's sshd stopped.
   const known = readFileSync(join(dir, 'known_hosts'), 'utf8');
   writeFileSync(join(dir, 'known_hosts'), known.split('\n').filter((l) => !l.startsWith(`${srcHost(1).addr} `)).join('\n'));
-  process.kill(Number(readFileSync(join(dir, 'sshd2.pid'), 'utf8')), 'SIGKILL');
+  stopSshd(sshds[2]!);
   const file = inventory([1, 2]);
   const r = await fleet(file, '--force');
   writeFileSync(join(dir, 'known_hosts'), known);

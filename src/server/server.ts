@@ -152,7 +152,6 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const sampler = setInterval(() => {
     const now = Date.now();
     for (const j of allJobs()) {
-      if (j.finished && samples.has(j.id)) continue;
       if (!['preflight', 'copying', 'verifying', 'running'].includes(j.state)) continue;
       const s = samples.get(j.id) ?? [];
       s.push([now, j.bytesDone]);
