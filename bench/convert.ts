@@ -32,6 +32,7 @@ import {
   warnIfBusy,
   withContention,
   type Sample,
+  EXTRA_CA_NOTE,
 } from './lib.js';
 
 const SCRATCH = join(OUT, 'convert-tmp');
@@ -369,6 +370,7 @@ async function main(): Promise<void> {
     }
   }
   console.log(`\nconvert the 4 GiB reference disk; median of ${runs} runs; ${cpus().length} cores; ${qemuVersion}; node ${process.version}`);
+  if (EXTRA_CA_NOTE) console.log(EXTRA_CA_NOTE);
   console.log(table(header, rows));
   console.log(
     '(ferry/qemu: lower is better, the headline, against the target (neither tool flushes its output by default);\n' +

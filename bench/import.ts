@@ -13,7 +13,7 @@
 //   npx tsc -p tsconfig.json && node dist/bench/import.js [--runs N]
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { describeBuild, ensureImages, exec, FERRY, median, OUT, parseBenchArgs, sha256File, table, timedExec, warnIfBusy } from './lib.js';
+import { describeBuild, ensureImages, exec, FERRY, median, OUT, parseBenchArgs, sha256File, table, timedExec, warnIfBusy, EXTRA_CA_NOTE } from './lib.js';
 import { AWS, BUCKET, ENDPOINT, need, startServer } from './s3.js';
 
 const SCRATCH = join(OUT, 'import-tmp');
@@ -84,6 +84,7 @@ async function main(): Promise<void> {
     const dl = median(runs.manual.map((r) => r.parts![0]));
     const cv = median(runs.manual.map((r) => r.parts![1]));
     console.log(`\nimport of the zlib-compressed 4 GiB reference qcow2 from Swift (s3api) on 127.0.0.1 onto a file, median of ${args.runs} run(s); other load at start ${busy.toFixed(2)} cores`);
+  if (EXTRA_CA_NOTE) console.log(EXTRA_CA_NOTE);
     console.log(
       table(
         ['path', 'wall s', 'cpu s', 'peak MiB', 'ratio', 'target', ''],

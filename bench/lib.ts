@@ -17,6 +17,17 @@ export const GNU_TIME = '/usr/bin/time';
 export const RAW = join(OUT, 'reference-4g.raw');
 export const GIB = 1024 ** 3;
 
+/**
+ * Node reads and parses the whole NODE_EXTRA_CA_CERTS bundle at every start (0.07–0.09 s on the
+ * 2-core reference machine, whose environment sets it; a fresh Debian machine does not). The
+ * benchmarks time local work only (files, loopback, plain-HTTP S3), so they run every command
+ * without it, and say so. qemu-img and the other peers do not read it.
+ */
+export const EXTRA_CA_NOTE = process.env.NODE_EXTRA_CA_CERTS
+  ? `note: NODE_EXTRA_CA_CERTS (${process.env.NODE_EXTRA_CA_CERTS}) was set; commands run without it (Node parses that bundle at every start, ~0.08 s here)`
+  : undefined;
+delete process.env.NODE_EXTRA_CA_CERTS;
+
 export interface ImageSpec {
   label: string;
   file: string;

@@ -14,7 +14,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { FERRY, OUT, median, mustExec, exec, parseBenchArgs, table, warnIfBusy } from './lib.js';
+import { FERRY, OUT, median, mustExec, exec, parseBenchArgs, table, warnIfBusy, EXTRA_CA_NOTE } from './lib.js';
 import { netPair, type NetPair } from '../test/netns.js';
 
 const DIR = join(OUT, 'online');
@@ -215,6 +215,7 @@ async function main(): Promise<void> {
     ['ferry migrate, random-data disk', m('random').toFixed(1), eff(m('random')), '≥ 0.95× line rate', line / m('random') >= 0.95 ? 'PASS' : 'FAIL'],
   ];
   console.log(`\n1 GiB disk (ext4 ~39 % used, stale data in free space) over a veth pair shaped to 100 Mbit/s; whole disk at line rate ${line.toFixed(1)} s; median of ${args.runs} run(s); ferry sent ${(sent / 1e6).toFixed(0)} MB`);
+  if (EXTRA_CA_NOTE) console.log(EXTRA_CA_NOTE);
   console.log(table(['path', 'wall s', 'effective rate', 'target', ''], rows));
   writeFileSync(join(OUT, 'online-results.json'), JSON.stringify({ runs, lineSeconds: line, ferryBytesSent: sent }, null, 2) + '\n');
 }

@@ -34,6 +34,7 @@ function parseArgs(argv: string[]): { image: string; stream: StreamOptions } {
     };
     if (a === '--workers') stream.workers = value();
     else if (a === '--chunk-size') stream.chunkSize = value();
+    else if (a === '--in-flight') stream.maxInFlightBytes = value();
     else if (a.startsWith('-')) throw new Error(`unknown option ${a}`);
     else image = a;
   }

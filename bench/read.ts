@@ -30,10 +30,12 @@ import {
   withContention,
   type ImageSpec,
   type Sample,
+  EXTRA_CA_NOTE,
 } from './lib.js';
 import type { SinkResult } from './read-sink.js';
 
-const SINK = join(ROOT, 'dist', 'bench', 'read-sink.js');
+// The sink bundled like the CLI (dist/ferry/, see scripts/bundle.mjs): what a ferry command loads.
+const SINK = join(ROOT, 'dist', 'ferry', 'read-sink.js');
 
 /** qemu-img reading the whole disk into its null driver, under GNU time. */
 async function runQemu(img: ImageSpec, path: string, size: number): Promise<Omit<Sample, 'otherCpu'>> {
@@ -118,6 +120,7 @@ async function main(): Promise<void> {
     Math.max(r.qemu.otherCores, r.ferry.otherCores).toFixed(2),
   ]);
   console.log(`\nread whole 4 GiB virtual disk, discard; median of ${runs} runs; ${cpus().length} cores; ${qemuVersion}; node ${process.version}`);
+  if (EXTRA_CA_NOTE) console.log(EXTRA_CA_NOTE);
   console.log(
     table(
       ['image', 'qemu wall s', 'ferry wall s', 'ferry/qemu', 'qemu MB/s', 'ferry MB/s', 'qemu cpu/wall', 'ferry cpu/wall', 'qemu RSS MiB', 'ferry RSS MiB', 'other load'],

@@ -3,5 +3,5 @@
 # (e.g. `bash bench/run-convert.sh --runs 5 --only qcow2-zlib,vhd-dynamic`). See bench/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-npx tsc -p tsconfig.json
+npm run -s build
 exec node dist/bench/convert.js "$@"

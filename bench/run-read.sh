@@ -3,5 +3,5 @@
 # on (e.g. `bash bench/run-read.sh --runs 5`). See bench/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-npx tsc -p tsconfig.json
+npm run -s build
 exec node dist/bench/read.js "$@"

@@ -12,5 +12,5 @@ need=()
 [ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
 bash scripts/s3-server.sh install
-npx tsc -p tsconfig.json
+npm run -s build
 exec node "dist/bench/$name.js" "$@"

@@ -62,13 +62,15 @@ function __ferryAddon(name) {
 const nativePlugin = {
   name: 'ferry-embedded-addons',
   setup(b) {
-    // createRequire(...)('zstd-napi/binding.js' | 'ferry-native') in Ferry's sources.
+    // createRequire(...)('zstd-napi/binding.js' | 'ferry-native' | 'fs-ext') in Ferry's sources.
     b.onResolve({ filter: /^node:module$/ }, () => ({ path: 'node:module', namespace: 'ferry-module' }));
     b.onLoad({ filter: /.*/, namespace: 'ferry-module' }, () => ({
       loader: 'js',
       contents: `const real = require('module');
 const embedded = { 'zstd-napi/binding.js': 'zstd.node', 'ferry-native': 'ferry_native.node' };
-module.exports = { ...real, createRequire(url) { const r = real.createRequire(url); return (id) => embedded[id] ? __ferryAddon(embedded[id]) : r(id); } };`,
+const bundled = { 'fs-ext': () => require('fs-ext') };
+module.exports = { ...real, createRequire(url) { const r = real.createRequire(url); return (id) => embedded[id] ? __ferryAddon(embedded[id]) : bundled[id] ? bundled[id]() : r(id); } };`,
+      resolveDir: root,
     }));
     // fs-ext's require('./build/Release/fs_ext.node').
     b.onResolve({ filter: /\.node$/ }, (args) => ({ path: args.path.split('/').pop(), namespace: 'ferry-addon' }));

@@ -44,6 +44,6 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund --loglevel=error
 fi
 echo "setup: building"
-npx tsc -p tsconfig.json
+npm run -s build
 # The single-file agent (dist/agent/ferry-agent) that `ferry fleet` copies to source servers.
 node scripts/build-agent.mjs >/dev/null

@@ -1,11 +1,11 @@
 // Where the single-file agent is: FERRY_AGENT, else dist/agent/ferry-agent in this checkout (built
 // by `npm run build:agent`).
 import { existsSync, statSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { FerryError } from '../errors.js';
+import { packagePath } from '../paths.js';
 
 export function agentPath(): string {
-  return process.env.FERRY_AGENT ?? fileURLToPath(new URL('../../agent/ferry-agent', import.meta.url));
+  return process.env.FERRY_AGENT ?? packagePath('dist', 'agent', 'ferry-agent');
 }
 
 /**

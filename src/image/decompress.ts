@@ -9,23 +9,31 @@ import { corrupt } from '../errors.js';
 import type { Codec } from './types.js';
 
 const require = createRequire(import.meta.url);
-// zstd-napi's low-level binding gives streaming decode that stops when the output is full.
-const zstdBinding = require('zstd-napi/binding.js') as typeof import('zstd-napi/binding.js');
-/** native/: inflate into a given buffer, when the addon was built. */
-const native = ((): { inflateInto?: (input: Uint8Array, output: Uint8Array, zlibHeader: boolean) => number } | undefined => {
-  try {
-    return require('ferry-native') as { inflateInto?: (input: Uint8Array, output: Uint8Array, zlibHeader: boolean) => number };
-  } catch {
-    return undefined;
+// zstd-napi's low-level binding gives streaming decode that stops when the output is full. Both
+// addons load on first use: reading an image without compressed units never loads them.
+type ZstdBinding = typeof import('zstd-napi/binding.js');
+let zstdLoaded: ZstdBinding | undefined;
+const zstdBinding = (): ZstdBinding => (zstdLoaded ??= require('zstd-napi/binding.js') as ZstdBinding);
+type Native = { inflateInto?: (input: Uint8Array, output: Uint8Array, zlibHeader: boolean) => number };
+let nativeLoaded: Native | null | undefined;
+/** native/: inflate into a given buffer, when the addon was built (null when it was not). */
+function native(): Native | null {
+  if (nativeLoaded === undefined) {
+    try {
+      nativeLoaded = require('ferry-native') as Native;
+    } catch {
+      nativeLoaded = null;
+    }
   }
-})();
+  return nativeLoaded;
+}
 
-let zstdContext: InstanceType<typeof zstdBinding.DCtx> | undefined;
+let zstdContext: InstanceType<ZstdBinding['DCtx']> | undefined;
 
 function decodeZstd(input: Buffer, unitSize: number, into?: Buffer): Buffer {
-  zstdContext ??= new zstdBinding.DCtx();
+  zstdContext ??= new (zstdBinding().DCtx)();
   const dctx = zstdContext;
-  dctx.reset(zstdBinding.ResetDirective.sessionOnly);
+  dctx.reset(zstdBinding().ResetDirective.sessionOnly);
   const out = into ?? Buffer.alloc(unitSize);
   let produced = 0;
   let consumed = 0;
@@ -74,7 +82,7 @@ export function decompressInto(codec: Codec, input: Buffer, dest: Buffer, where:
   let produced: number;
   try {
     if (codec === 'zstd') produced = decodeZstd(input, unitSize, dest).length;
-    else if (native?.inflateInto) produced = native.inflateInto(input, dest, codec === 'zlib');
+    else if (native()?.inflateInto) produced = native()!.inflateInto!(input, dest, codec === 'zlib');
     else {
       decompressUnit(codec, input, unitSize, where).copy(dest);
       return;

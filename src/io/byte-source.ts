@@ -3,7 +3,7 @@
 // turn a short read into a precise "truncated" error.
 import { open, type FileHandle } from 'node:fs/promises';
 import { fstatSync } from 'node:fs';
-import fsExt from 'fs-ext';
+import { fsExt } from './fs-ext.js';
 import { FerryError, fromSystemError, truncated } from '../errors.js';
 
 /** A half-open byte range [offset, offset + length). */
@@ -86,7 +86,7 @@ export class FileSource implements ByteSource {
       if (st.isDirectory()) throw fromSystemError(Object.assign(new Error('is a directory'), { code: 'EISDIR' }), path);
       const isBlock = st.isBlockDevice();
       // A block device reports st_size 0: its size is where SEEK_END lands.
-      const size = isBlock ? Number(fsExt.seekSync(handle.fd, 0, SEEK_END)) : st.size;
+      const size = isBlock ? Number(fsExt().seekSync(handle.fd, 0, SEEK_END)) : st.size;
       return new FileSource(path, handle, size, isBlock);
     } catch (err) {
       await handle.close();
@@ -113,14 +113,14 @@ export class FileSource implements ByteSource {
     while (pos < end) {
       let dataStart: number;
       try {
-        dataStart = Number(fsExt.seekSync(this.handle.fd, pos, SEEK_DATA));
+        dataStart = Number(fsExt().seekSync(this.handle.fd, pos, SEEK_DATA));
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'ENXIO') break; // no data after pos
         // File systems without SEEK_DATA support: treat everything as data.
         return [{ offset, length: end - offset }];
       }
       if (dataStart >= end) break;
-      let holeStart = Number(fsExt.seekSync(this.handle.fd, dataStart, SEEK_HOLE));
+      let holeStart = Number(fsExt().seekSync(this.handle.fd, dataStart, SEEK_HOLE));
       if (holeStart > end) holeStart = end;
       out.push({ offset: dataStart, length: holeStart - dataStart });
       pos = holeStart;

@@ -7,19 +7,24 @@ import { constants, type FileHandle, open, rename, rm, stat, statfs } from 'node
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
-import fsExt from 'fs-ext';
+import { fsExt } from './fs-ext.js';
 import { FerryError } from '../errors.js';
 
 const SEEK_END = 2;
 
-/** The fallocate(2) binding (native/), when it was built; without it nothing is reserved. */
-const native = ((): { fallocate(fd: number, offset: number, length: number, keepSize?: boolean): void } | undefined => {
-  try {
-    return createRequire(import.meta.url)('ferry-native');
-  } catch {
-    return undefined;
+type Native = { fallocate(fd: number, offset: number, length: number, keepSize?: boolean): void };
+let nativeLoaded: Native | null | undefined;
+/** The fallocate(2) binding (native/), loaded on first use; null when it was not built (then nothing is reserved). */
+function native(): Native | null {
+  if (nativeLoaded === undefined) {
+    try {
+      nativeLoaded = createRequire(import.meta.url)('ferry-native') as Native;
+    } catch {
+      nativeLoaded = null;
+    }
   }
-})();
+  return nativeLoaded;
+}
 
 export interface Sink {
   /** The final path (for messages and names written into images, e.g. a VMDK extent name). */
@@ -183,7 +188,7 @@ abstract class HandleSink implements Sink {
     }
   }
 
-  private canReserve = native !== undefined;
+  private canReserve = native() !== null;
   /** Free bytes at the last statfs, less what was reserved since. */
   private freeSeen: number | undefined;
 
@@ -201,7 +206,7 @@ abstract class HandleSink implements Sink {
       this.freeSeen -= length;
     }
     try {
-      native!.fallocate(this.handle.fd, offset, length);
+      native()!.fallocate(this.handle.fd, offset, length);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOSPC' || code === 'EDQUOT') throw targetError(err, this.path, `reserving ${length} bytes at offset ${offset}`);
@@ -337,7 +342,7 @@ export async function openSink(path: string, opts: SinkOptions = {}): Promise<Si
     } catch (err) {
       throw targetError(err, path, 'opening the device');
     }
-    return new DeviceSink(handle, path, Number(fsExt.seekSync(handle.fd, 0, SEEK_END)), opts.sync ?? true);
+    return new DeviceSink(handle, path, Number(fsExt().seekSync(handle.fd, 0, SEEK_END)), opts.sync ?? true);
   }
   if (st?.isDirectory()) throw targetError(Object.assign(new Error('is a directory'), { code: 'EISDIR' }), path, 'opening');
   if (st && !opts.overwrite) {

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readFileSync, writeSync, ftruncateSync } from 'node:fs';
 import { realpath } from 'node:fs/promises';
 import { dirname, join, resolve, basename } from 'node:path';
-import fsExt from 'fs-ext';
+import { fsExt } from '../io/fs-ext.js';
 import { FerryError } from '../errors.js';
 import { stateDir } from '../transfer/checkpoint.js';
 
@@ -40,7 +40,7 @@ function tryLock(file: string): number | undefined {
   mkdirSync(dirname(file), { recursive: true });
   const fd = openSync(file, 'a+');
   try {
-    fsExt.flockSync(fd, 'exnb');
+    fsExt().flockSync(fd, 'exnb');
     return fd;
   } catch (err) {
     closeSync(fd);
@@ -79,7 +79,7 @@ export function lockTarget(target: string, holder: string): TargetLock {
       if (released) return;
       released = true;
       try {
-        fsExt.flockSync(fd, 'un');
+        fsExt().flockSync(fd, 'un');
       } finally {
         closeSync(fd);
       }
@@ -91,7 +91,7 @@ export function lockTarget(target: string, holder: string): TargetLock {
 export function isTargetLocked(target: string): boolean {
   const fd = tryLock(lockFile(target));
   if (fd === undefined) return true;
-  fsExt.flockSync(fd, 'un');
+  fsExt().flockSync(fd, 'un');
   closeSync(fd);
   return false;
 }

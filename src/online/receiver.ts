@@ -11,7 +11,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { createServer, type TLSSocket, type Server } from 'node:tls';
 import Database from 'better-sqlite3';
-import fsExt from 'fs-ext';
+import { fsExt } from '../io/fs-ext.js';
 import { FerryError } from '../errors.js';
 import { stateDir } from '../transfer/checkpoint.js';
 import { canonicalTarget } from '../jobs/target-lock.js';
@@ -114,7 +114,7 @@ async function openDisk(d: ReceiveDisk): Promise<OpenDisk> {
     if (code === 'EBUSY') throw new FerryError('TARGET_IN_USE', `disk ${d.name}: ${d.path} is in use (mounted, or held by another program)`, { remedy: 'Unmount it and stop what uses it; the receiver writes only disks nothing else uses.' });
     throw new FerryError('TARGET_NOT_WRITABLE', `disk ${d.name}: cannot open ${d.path} for writing (${code})`, { remedy: 'Run the receiver as root (block devices) or fix the permissions.' });
   }
-  const size = isDevice ? Number(fsExt.seekSync(handle.fd, 0, SEEK_END)) : st.size;
+  const size = isDevice ? Number(fsExt().seekSync(handle.fd, 0, SEEK_END)) : st.size;
   return { name: d.name, path: d.path, target: await canonicalTarget(d.path), handle, size, isDevice, unflushed: 0 };
 }
 

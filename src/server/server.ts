@@ -10,11 +10,11 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { FerryError } from '../errors.js';
 import type { FleetRecord } from '../fleet/state.js';
 import { cancelJob } from '../jobs/import-job.js';
 import { JobStore, type Job } from '../jobs/job-store.js';
+import { packagePath } from '../paths.js';
 import { stateDir } from '../transfer/checkpoint.js';
 import { toolVersion } from '../version.js';
 import { consolePage } from './console.js';
@@ -47,7 +47,6 @@ export interface ApiJob {
 /** How often running jobs' progress is sampled for the rate chart (FERRY_SERVER_SAMPLE_MS: tests). */
 const SAMPLE_MS = Math.max(100, Number(process.env.FERRY_SERVER_SAMPLE_MS) || 2000);
 
-const BIN = fileURLToPath(new URL('../../../bin/ferry.js', import.meta.url));
 
 function fromImport(j: Job): ApiJob {
   return {
@@ -168,7 +167,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   };
 
   const spawnFerry = (args: string[]) => {
-    const child = spawn(process.execPath, [BIN, ...args, '--json'], { stdio: 'ignore', detached: true, env: { ...process.env, FERRY_STATE_DIR: stateDir() } });
+    const child = spawn(process.execPath, [packagePath('bin', 'ferry.js'), ...args, '--json'], { stdio: 'ignore', detached: true, env: { ...process.env, FERRY_STATE_DIR: stateDir() } });
     child.unref();
   };
 

@@ -5,7 +5,7 @@
 import { FerryError, corrupt, truncated } from '../../errors.js';
 import { readExact, type ByteSource } from '../../io/byte-source.js';
 import type { Codec, DiskImage, ExtentKind, Segment, SegmentSource } from '../types.js';
-import { TableCache, decodeL2, subclusterKind, tableOffset, word } from './entries.js';
+import { COMPRESSED_HI, TableCache, decodeL2, subclusterKind, tableOffset, word } from './entries.js';
 import type { Qcow2Header } from './header.js';
 
 /** Memory budget for cached L2 tables. */
@@ -181,6 +181,7 @@ export class Qcow2Mapper {
         continue;
       }
       const table = await this.loadL2(l2Offset, l1Index);
+      if (!h.extendedL2) pos = this.mapStandardRuns(table, pos, l2Stop, out);
       while (pos < l2Stop) {
         const vc = Math.floor(pos / cs);
         const l2Index = vc % h.l2Entries;
@@ -191,6 +192,52 @@ export class Qcow2Mapper {
       }
     }
     return out.list;
+  }
+
+  /**
+   * The hot path for tables without extended L2 entries: walks the entries from `pos` and merges
+   * clusters that continue each other (contiguous host data, zero, unallocated) into one segment
+   * each, without an object per entry. Returns where it stopped: `l2Stop`, or the first cluster it
+   * leaves to mapCluster (a compressed cluster, or one with an error to report).
+   */
+  private mapStandardRuns(table: Buffer, pos: number, l2Stop: number, out: SegmentList): number {
+    const h = this.h;
+    const cs = h.clusterSize;
+    let runStart = pos;
+    let runKind: ExtentKind | undefined;
+    let runHost = 0; // data runs: host offset of runStart
+    const flush = (to: number): void => {
+      if (runKind === undefined || to <= runStart) return;
+      out.push(runStart, to - runStart, runKind, runKind === 'data' ? { type: 'host', file: this.src, offset: runHost } : ZERO);
+    };
+    while (pos < l2Stop) {
+      const vc = Math.floor(pos / cs);
+      const at = (vc % h.l2Entries) * 8;
+      const hi = table.readUInt32BE(at);
+      const lo = table.readUInt32BE(at + 4);
+      if (hi & COMPRESSED_HI) break;
+      const cStart = vc * cs;
+      const offset = tableOffset(hi, lo);
+      // Misaligned offsets and v2 zero flags are errors: mapCluster reports them.
+      if (offset !== 0 && (!Number.isSafeInteger(offset) || offset % cs !== 0)) break;
+      let kind: ExtentKind;
+      if (lo & 1) {
+        if (h.version < 3) break;
+        kind = 'zero';
+      } else {
+        kind = offset === 0 ? 'unallocated' : 'data';
+      }
+      const host = kind === 'data' ? offset + (pos - cStart) : 0;
+      if (kind !== runKind || (kind === 'data' && runHost + (pos - runStart) !== host)) {
+        flush(pos);
+        runStart = pos;
+        runKind = kind;
+        runHost = host;
+      }
+      pos = Math.min(l2Stop, cStart + cs);
+    }
+    flush(pos);
+    return pos;
   }
 
   private mapCluster(
