@@ -28,6 +28,8 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 # The web console test (test/server.test.ts): headless Chromium driven by playwright-core.
 command -v chromium >/dev/null || need+=(chromium)
+# PostgreSQL mode of the control plane (test/postgres-mode.test.ts): a throwaway PostgreSQL server.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 # The real S3 server of the tests (OpenStack Swift with s3api; see scripts/s3-server.sh).
 for p in swift swift-proxy swift-object swift-container swift-account python3-swift memcached; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")

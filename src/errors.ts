@@ -69,6 +69,9 @@ export const ErrorCodes = {
   AGENT_FAILED: ExitCode.FAILED,
   FLEET_INCOMPLETE: ExitCode.FAILED,
   CHECKSUM_MISMATCH: ExitCode.INTEGRITY,
+  DATABASE_UNREACHABLE: ExitCode.FAILED,
+  DATABASE_AUTH_FAILED: ExitCode.FAILED,
+  DATABASE_ERROR: ExitCode.FAILED,
 } as const;
 export type ErrorCode = keyof typeof ErrorCodes;
 

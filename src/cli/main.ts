@@ -9,7 +9,7 @@ import { registerTransferCommands } from './commands/transfer.js';
 import { registerImportCommand } from './commands/import.js';
 import { registerJobsCommands } from './commands/jobs.js';
 import { registerOnlineCommands } from './commands/online.js';
-import { registerFleetCommands, registerServerCommand } from './commands/fleet.js';
+import { registerFleetCommands, registerServerCommand, registerWorkerCommand } from './commands/fleet.js';
 import { asFerryError, printError } from './output.js';
 
 
@@ -35,6 +35,7 @@ export function buildProgram(state: RunState): Command {
   registerOnlineCommands(program, state);
   registerFleetCommands(program, state);
   registerServerCommand(program);
+  registerWorkerCommand(program);
   return program;
 }
 

@@ -45,6 +45,8 @@ export interface ImportJobSpec {
 export interface RunOptions {
   signal?: AbortSignal;
   onProgress?: (p: { position: number; total: number }) => void;
+  /** Learns each phase as the job enters it (preflight, copying, verifying). */
+  onPhase?: (phase: 'preflight' | 'copying' | 'verifying') => void;
   /** Learns the job (new or resumed) before it runs. */
   onJob?: (job: Job, resuming: boolean) => void;
   workers?: number;
@@ -199,7 +201,10 @@ async function runJob(jobs: JobStore, job: Job, opts: RunOptions, resuming: bool
           jobs.update(job.id, { sourceId: info.sourceId, bytesTotal: info.virtualSize, bytesDone: info.resumeAt, committed: info.resumeAt, written: info.resumeAt });
         },
         maxInFlightBytes: IN_FLIGHT_BYTES,
-        onPhase: (phase) => jobs.update(job.id, { state: phase }),
+        onPhase: (phase) => {
+          jobs.update(job.id, { state: phase });
+          opts.onPhase?.(phase);
+        },
         checkpoint: {
           every: CHECKPOINT_BYTES,
           save: (position) => jobs.update(job.id, { committed: position }),

@@ -4,7 +4,9 @@
 // job store, src/jobs/) and the hosts of fleet runs (src/fleet/state.ts), with state, progress,
 // rate, ETA and failure code/message/remedy; it starts imports and retries or cancels them (as
 // `ferry` child processes, so a job outlives a restart of the server), and samples each running
-// job's progress every 2 s for the console's rate chart.
+// job's progress every 2 s for the console's rate chart. With `database` (PostgreSQL mode) the
+// imports are rows of the shared job table instead, run by `ferry worker` processes on any number
+// of machines (src/queue/); the server only queues, lists, cancels and retries them.
 import { spawn } from 'node:child_process';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -15,6 +17,7 @@ import type { FleetRecord } from '../fleet/state.js';
 import { cancelJob } from '../jobs/import-job.js';
 import { JobStore, type Job } from '../jobs/job-store.js';
 import { packagePath } from '../paths.js';
+import type { PgJob, PgJobs } from '../queue/pg-jobs.js';
 import { stateDir } from '../transfer/checkpoint.js';
 import { toolVersion } from '../version.js';
 import { consolePage } from './console.js';
@@ -22,6 +25,8 @@ import { consolePage } from './console.js';
 export interface ServerOptions {
   listen: string;
   token?: string;
+  /** PostgreSQL mode: the shared job database (postgres://…) that `ferry worker`s take imports from. */
+  database?: string;
   /** Called for each request handled (method, path, status), for logs. */
   onRequest?: (r: { method: string; path: string; status: number }) => void;
 }
@@ -42,13 +47,16 @@ export interface ApiJob {
   started: string | null;
   finished: string | null;
   error: { code: string; message: string; remedy?: string } | null;
+  /** PostgreSQL mode: the worker that runs (or ran) the import. */
+  worker?: string | null;
 }
 
 /** How often running jobs' progress is sampled for the rate chart (FERRY_SERVER_SAMPLE_MS: tests). */
 const SAMPLE_MS = Math.max(100, Number(process.env.FERRY_SERVER_SAMPLE_MS) || 2000);
 
 
-function fromImport(j: Job): ApiJob {
+/** An import as the API shows it, from the local job store (Job) or the shared table (PgJob). */
+function fromImport(j: Job | PgJob): ApiJob {
   return {
     id: j.id,
     kind: 'import',
@@ -63,6 +71,56 @@ function fromImport(j: Job): ApiJob {
     started: j.started,
     finished: j.finished,
     error: j.error ? { code: j.error.code, message: j.error.message, ...(j.error.remedy ? { remedy: j.error.remedy } : {}) } : null,
+    ...('worker' in j ? { worker: j.worker } : {}),
+  };
+}
+
+/** Where imports live: this machine's SQLite job store, or PostgreSQL's shared job table. */
+interface ImportJobs {
+  list(): Promise<ApiJob[]>;
+  events(id: string): Promise<unknown[]>;
+  start(req: { source: string; target: string; format?: string }): Promise<Record<string, unknown>>;
+  cancel(id: string): Promise<ApiJob>;
+  retry(job: ApiJob): Promise<Record<string, unknown>>;
+  close(): Promise<void>;
+}
+
+function localImports(): ImportJobs {
+  const jobs = JobStore.open();
+  const spawnFerry = (args: string[]) => {
+    const child = spawn(process.execPath, [packagePath('bin', 'ferry.js'), ...args, '--json'], { stdio: 'ignore', detached: true, env: { ...process.env, FERRY_STATE_DIR: stateDir() } });
+    child.unref();
+  };
+  return {
+    list: async () => jobs.list({ limit: 500 }).map(fromImport),
+    events: async (id) => jobs.events(id),
+    start: async (req) => {
+      spawnFerry(['import', req.source, '--target', req.target, ...(req.format ? ['--format', req.format] : [])]);
+      return { accepted: true, source: req.source, target: req.target };
+    },
+    cancel: async (id) => fromImport(await cancelJob(id)),
+    retry: async (job) => {
+      if (job.state === 'succeeded' || job.state === 'cancelled') throw new HttpError(409, 'JOB_STATE', `job ${job.id} is ${job.state}: nothing to retry`);
+      spawnFerry(['jobs', 'retry', job.id]);
+      return { accepted: true, id: job.id };
+    },
+    close: async () => jobs.close(),
+  };
+}
+
+async function postgresImports(url: string): Promise<ImportJobs> {
+  const { PgJobs: Jobs } = await import('../queue/pg-jobs.js');
+  const db: PgJobs = await Jobs.open(url);
+  return {
+    list: async () => (await db.list()).map(fromImport),
+    events: (id) => db.events(id),
+    start: async (req) => {
+      const job = await db.enqueueImport(req);
+      return { accepted: true, id: job.id, source: job.source, target: job.target, job: fromImport(job) };
+    },
+    cancel: async (id) => fromImport(await db.cancel(id)),
+    retry: async (job) => ({ accepted: true, id: job.id, job: fromImport(await db.retry(job.id)) }),
+    close: () => db.close(),
   };
 }
 
@@ -144,19 +202,27 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const host = m[1] ?? (m[2] || '0.0.0.0');
   const token = opts.token ?? randomBytes(18).toString('base64url');
   const tokenBuf = Buffer.from(token);
-  const jobs = JobStore.open();
+  const imports = opts.database ? await postgresImports(opts.database) : localImports();
   /** Progress samples of running jobs: id → [time ms, bytes done][] (last 10 minutes). */
   const samples = new Map<string, [number, number][]>();
-  const allJobs = (): ApiJob[] => [...jobs.list({ limit: 500 }).map(fromImport), ...fleetJobs()];
+  const allJobs = async (): Promise<ApiJob[]> => [...(await imports.list()), ...fleetJobs()];
+  let sampling = false;
   const sampler = setInterval(() => {
+    if (sampling) return;
+    sampling = true;
     const now = Date.now();
-    for (const j of allJobs()) {
-      if (!['preflight', 'copying', 'verifying', 'running'].includes(j.state)) continue;
-      const s = samples.get(j.id) ?? [];
-      s.push([now, j.bytesDone]);
-      while (s.length > 300) s.shift();
-      samples.set(j.id, s);
-    }
+    allJobs()
+      .then((all) => {
+        for (const j of all) {
+          if (!['preflight', 'copying', 'verifying', 'running'].includes(j.state)) continue;
+          const s = samples.get(j.id) ?? [];
+          s.push([now, j.bytesDone]);
+          while (s.length > 300) s.shift();
+          samples.set(j.id, s);
+        }
+      })
+      .catch(() => {}) // the database is away for a moment: the next sample tries again
+      .finally(() => (sampling = false));
   }, SAMPLE_MS);
   sampler.unref();
 
@@ -166,50 +232,44 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     return given.length === tokenBuf.length && timingSafeEqual(given, tokenBuf);
   };
 
-  const spawnFerry = (args: string[]) => {
-    const child = spawn(process.execPath, [packagePath('bin', 'ferry.js'), ...args, '--json'], { stdio: 'ignore', detached: true, env: { ...process.env, FERRY_STATE_DIR: stateDir() } });
-    child.unref();
-  };
-
   const route = async (req: IncomingMessage, res: ServerResponse, path: string): Promise<unknown> => {
     const method = req.method ?? 'GET';
     if (path === '/api/health') return { ok: true, version: toolVersion() };
     if (!authorized(req)) throw new HttpError(401, 'UNAUTHORIZED', 'this API needs the server\'s token: Authorization: Bearer TOKEN');
-    if (path === '/api/jobs' && method === 'GET') return { jobs: allJobs() };
+    if (path === '/api/jobs' && method === 'GET') return { jobs: await allJobs() };
     if (path === '/api/jobs' && method === 'POST') {
       const b = await body(req);
       if (b.kind !== 'import' || typeof b.source !== 'string' || typeof b.target !== 'string') {
         throw new HttpError(400, 'USAGE', 'give {"kind": "import", "source": "s3://… or a file", "target": "a file or device"}');
       }
-      spawnFerry(['import', b.source, '--target', b.target, ...(typeof b.format === 'string' ? ['--format', b.format] : [])]);
+      const accepted = await imports.start({ source: b.source, target: b.target, ...(typeof b.format === 'string' ? { format: b.format } : {}) });
       res.statusCode = 202;
-      return { accepted: true, source: b.source, target: b.target };
+      return accepted;
     }
     const one = /^\/api\/jobs\/([^/]+)(?:\/(retry|cancel|rates))?$/.exec(path);
     if (one) {
       const id = decodeURIComponent(one[1]!);
       const action = one[2];
-      const job = allJobs().find((j) => j.id === id || (j.kind === 'import' && j.id.startsWith(id)));
+      const job = (await allJobs()).find((j) => j.id === id || (j.kind === 'import' && j.id.startsWith(id)));
       if (!job) throw new HttpError(404, 'JOB_NOT_FOUND', `no job ${id}`);
-      if (!action && method === 'GET') return { job, ...(job.kind === 'import' ? { events: jobs.events(job.id) } : {}) };
+      if (!action && method === 'GET') return { job, ...(job.kind === 'import' ? { events: await imports.events(job.id) } : {}) };
       if (action === 'rates' && method === 'GET') {
         const s = samples.get(job.id) ?? [];
         return { id: job.id, rates: s.slice(1).map(([t, b], i) => ({ at: new Date(t).toISOString(), bytesPerSecond: Math.max(0, (b - s[i]![1]) / ((t - s[i]![0]) / 1000)) })) };
       }
       if (job.kind !== 'import') throw new HttpError(400, 'USAGE', 'fleet hosts are retried by running `ferry fleet run` again');
-      if (action === 'cancel' && method === 'POST') return { job: fromImport(await cancelJob(job.id)) };
+      if (action === 'cancel' && method === 'POST') return { job: await imports.cancel(job.id) };
       if (action === 'retry' && method === 'POST') {
-        if (job.state === 'succeeded' || job.state === 'cancelled') throw new HttpError(409, 'JOB_STATE', `job ${job.id} is ${job.state}: nothing to retry`);
-        spawnFerry(['jobs', 'retry', job.id]);
+        const accepted = await imports.retry(job);
         res.statusCode = 202;
-        return { accepted: true, id: job.id };
+        return accepted;
       }
     }
     throw new HttpError(404, 'NOT_FOUND', `no ${method} ${path}`);
   };
 
-  const metrics = (): string => {
-    const all = allJobs();
+  const metrics = async (): Promise<string> => {
+    const all = await allJobs();
     const lines = ['# HELP ferry_jobs Jobs by kind and state.', '# TYPE ferry_jobs gauge'];
     const counts = new Map<string, number>();
     for (const j of all) counts.set(`kind="${j.kind}",state="${j.state}"`, (counts.get(`kind="${j.kind}",state="${j.state}"`) ?? 0) + 1);
@@ -231,7 +291,13 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       opts.onRequest?.({ method: req.method ?? 'GET', path, status });
     };
     if (path === '/' && req.method === 'GET') return done(200, 'text/html; charset=utf-8', consolePage());
-    if (path === '/metrics' && req.method === 'GET') return done(200, 'text/plain; version=0.0.4', metrics());
+    if (path === '/metrics' && req.method === 'GET') {
+      metrics().then(
+        (text) => done(200, 'text/plain; version=0.0.4', text),
+        (err: unknown) => done(503, 'text/plain', `# ${String((err as Error)?.message ?? err)}\n`),
+      );
+      return;
+    }
     route(req, res, path).then(
       (doc) => done(res.statusCode === 200 ? 200 : res.statusCode, 'application/json', JSON.stringify(doc)),
       (err: unknown) => {
@@ -246,6 +312,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       reject(new FerryError('USAGE', `cannot listen on ${opts.listen} (${err.code})`, { remedy: err.code === 'EADDRINUSE' ? 'Another program uses this port: choose another with --listen.' : 'Check the address.' })),
     );
     server.listen(Number(m[3]), host, () => resolve());
+  }).catch(async (err: unknown) => {
+    clearInterval(sampler);
+    await imports.close();
+    throw err;
   });
   const addr = server.address() as { address: string; port: number };
   return {
@@ -256,7 +326,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       clearInterval(sampler);
       await new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
-      jobs.close();
+      await imports.close();
     },
   };
 }

@@ -2,7 +2,7 @@
 // `ferry agent path` (where the single-file agent is).
 import type { Command } from 'commander';
 import type { HostRecord } from '../../fleet/state.js';
-import { ExitCode } from '../../errors.js';
+import { ExitCode, FerryError } from '../../errors.js';
 import { humanBytes, table } from '../format.js';
 import { makeOutput } from '../output.js';
 import type { RunState } from '../main.js';
@@ -116,14 +116,18 @@ export function registerServerCommand(program: Command): void {
     .option('--listen <addr>', 'HOST:PORT to serve on', '127.0.0.1:8787')
     .option('--data-dir <dir>', 'the state directory to show and use (default: FERRY_STATE_DIR, else ~/.local/state/ferry)')
     .option('--token <token>', 'the API token (default: FERRY_SERVER_TOKEN, else a new one, printed)')
+    .option('--database <url>', 'PostgreSQL mode: imports go to this shared job database (postgres://USER@HOST/DB; default FERRY_DATABASE_URL) and `ferry worker`s run them')
     .option('--json', 'first line: {address, token, console}; then one JSON log line per request')
-    .action(async (flags: { listen: string; dataDir?: string; token?: string; json?: boolean }) => {
+    .action(async (flags: { listen: string; dataDir?: string; token?: string; database?: string; json?: boolean }) => {
       if (flags.dataDir) process.env.FERRY_STATE_DIR = flags.dataDir;
       const { startServer } = await import('../../server/server.js');
+      const { databaseUrl } = await import('../../queue/pg-jobs.js');
       const token = flags.token ?? process.env.FERRY_SERVER_TOKEN;
+      const database = databaseUrl(flags.database);
       const srv = await startServer({
         listen: flags.listen,
         ...(token ? { token } : {}),
+        ...(database ? { database } : {}),
         onRequest: (r) => process.stderr.write(JSON.stringify({ at: new Date().toISOString(), ...r }) + '\n'),
       });
       const link = `http://${srv.address}/#token=${encodeURIComponent(srv.token)}`;
@@ -133,5 +137,43 @@ export function registerServerCommand(program: Command): void {
       await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
       dispose();
       await srv.close();
+    });
+}
+
+/** `ferry worker`: runs imports queued in PostgreSQL mode, next to other workers. */
+export function registerWorkerCommand(program: Command): void {
+  program
+    .command('worker')
+    .description('PostgreSQL mode: take imports queued through `ferry server --database` and run them (start one on each machine that shares the load)')
+    .option('--database <url>', 'the shared job database, postgres://USER@HOST/DB (default FERRY_DATABASE_URL)')
+    .option('--name <name>', 'this worker\'s name in the jobs it runs (default HOST:PID)')
+    .option('--concurrency <n>', 'imports run at once by this worker', '1')
+    .option('--poll <seconds>', 'how often an idle worker asks the queue for work (0.5 or more)', '2')
+    .option('--data-dir <dir>', 'where this worker keeps its imports\' checkpoints (default: FERRY_STATE_DIR, else ~/.local/state/ferry)')
+    .option('--json', 'one JSON line per job started and finished')
+    .action(async (flags: { database?: string; name?: string; concurrency: string; poll: string; dataDir?: string; json?: boolean }) => {
+      if (flags.dataDir) process.env.FERRY_STATE_DIR = flags.dataDir;
+      const { databaseUrl, redactUrl } = await import('../../queue/pg-jobs.js');
+      const { runWorker } = await import('../../queue/worker.js');
+      const database = databaseUrl(flags.database);
+      if (!database) throw new FerryError('USAGE', 'ferry worker needs the job database', { remedy: 'Give --database postgres://USER@HOST/DB or set FERRY_DATABASE_URL.' });
+      const concurrency = Number(flags.concurrency);
+      const pollSeconds = Number(flags.poll);
+      if (!(pollSeconds >= 0.5 && pollSeconds <= 600)) throw new FerryError('USAGE', `--poll must be 0.5..600 seconds, not ${flags.poll}`, { remedy: 'For example --poll 2.' });
+      const { signal, dispose } = interruptSignal();
+      const line = (doc: Record<string, unknown>) => process.stdout.write(flags.json ? JSON.stringify({ at: new Date().toISOString(), ...doc }) + '\n' : `${Object.values(doc).map((v) => (typeof v === 'object' ? JSON.stringify(v) : String(v))).join(' ')}\n`);
+      try {
+        await runWorker({
+          database,
+          concurrency,
+          pollSeconds,
+          signal,
+          ...(flags.name ? { name: flags.name } : {}),
+          onReady: (name) => line({ event: 'ready', worker: name, database: redactUrl(database), concurrency }),
+          onEvent: (e) => line({ ...e }),
+        });
+      } finally {
+        dispose();
+      }
     });
 }

@@ -1,0 +1,173 @@
+// PostgreSQL mode of the control plane: a real PostgreSQL server, `ferry server --database` and two
+// `ferry worker`s (separate state directories, as on two machines). Imports posted to the API are
+// shared out by the queue: every job runs exactly once, both workers take jobs, every target is
+// bit-identical to its source's virtual content; a damaged source fails with its code and remedy
+// on the worker and shows in the API; once the source is fixed, retry requeues it and it succeeds;
+// a queued job can be cancelled; bad database URLs get their own error codes.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { copyFileSync, mkdtempSync, rmSync, truncateSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { fileSha } from './file-sha.js';
+import { startPostgres, type Postgres } from './postgres.js';
+
+const BIN = fileURLToPath(new URL('../../bin/ferry.js', import.meta.url));
+const N = 6;
+let dir = '';
+let pg: Postgres | undefined;
+const procs: ChildProcess[] = [];
+let base = '';
+let token = '';
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- JSON documents of several shapes, checked field by field
+type Doc = any;
+
+async function call(path: string, opts: { method?: string; body?: unknown } = {}): Promise<{ status: number; doc: Doc }> {
+  const headers: Record<string, string> = { authorization: `Bearer ${token}` };
+  if (opts.body !== undefined) headers['content-type'] = 'application/json';
+  const r = await fetch(base + path, { method: opts.method ?? 'GET', headers, ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}) });
+  const text = await r.text();
+  return { status: r.status, doc: r.headers.get('content-type')?.includes('json') ? JSON.parse(text) : text };
+}
+
+/** Starts `ferry ARGS` and resolves with its first stdout line (parsed). */
+async function startFerry(args: string[], env: Record<string, string> = {}): Promise<Doc> {
+  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  procs.push(child);
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  for (let i = 0; i < 600 && !out.includes('\n'); i++) {
+    if (child.exitCode !== null) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.ok(out.includes('\n'), `ferry ${args[0]} did not start: ${err}`);
+  return JSON.parse(out.split('\n')[0]!);
+}
+
+/** Polls the API until every given job is finished (or the time is up). */
+async function waitFinished(ids: string[], seconds = 180): Promise<Map<string, Doc>> {
+  const deadline = Date.now() + seconds * 1000;
+  for (;;) {
+    const { doc } = await call('/api/jobs');
+    const byId = new Map<string, Doc>((doc.jobs as Doc[]).map((j) => [j.id, j]));
+    if (ids.every((id) => ['succeeded', 'failed', 'cancelled'].includes(byId.get(id)?.state))) return byId;
+    if (Date.now() > deadline) throw new Error(`jobs not finished: ${JSON.stringify(ids.map((id) => byId.get(id)))}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+function image(i: number): string {
+  return join(dir, `src${i}.qcow2`);
+}
+
+before(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'ferry-pgmode-'));
+  for (let i = 0; i < N; i++) {
+    // 256 MiB disks with 48 MiB of data each in two places (so an import takes a moment).
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', image(i), '256M']);
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', `write -P ${0x11 + i} 0 32M`, '-c', `write -P ${0x71 + i} 200M 16M`, image(i)]);
+  }
+  pg = await startPostgres();
+  const srv = await startFerry(['server', '--listen', '127.0.0.1:0', '--database', pg.url, '--data-dir', join(dir, 'server'), '--json'], { FERRY_SERVER_SAMPLE_MS: '100' });
+  base = `http://${srv.address}`;
+  token = srv.token;
+  for (const w of ['w1', 'w2']) {
+    const ready = await startFerry(['worker', '--database', pg.url, '--name', w, '--poll', '0.5', '--data-dir', join(dir, w), '--json']);
+    assert.equal(ready.event, 'ready');
+    assert.equal(ready.worker, w);
+  }
+});
+
+after(async () => {
+  for (const p of procs) p.kill('SIGKILL');
+  await pg?.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+test('two workers share the queued imports: each runs once, both take jobs, every target verified', async () => {
+  const ids: string[] = [];
+  for (let i = 0; i < N; i++) {
+    const r = await call('/api/jobs', { method: 'POST', body: { kind: 'import', source: image(i), target: join(dir, `tgt${i}.raw`) } });
+    assert.equal(r.status, 202, JSON.stringify(r.doc));
+    assert.match(r.doc.id, /^[0-9a-f-]{36}$/);
+    ids.push(r.doc.id);
+  }
+  const t0 = Date.now();
+  const jobs = await waitFinished(ids);
+  const workers = new Map<string, number>();
+  for (let i = 0; i < N; i++) {
+    const j = jobs.get(ids[i]!)!;
+    assert.equal(j.state, 'succeeded', JSON.stringify(j));
+    assert.equal(j.percent, 100);
+    workers.set(j.worker, (workers.get(j.worker) ?? 0) + 1);
+    const raw = join(dir, `ref${i}.raw`);
+    execFileSync('qemu-img', ['convert', '-O', 'raw', image(i), raw]);
+    assert.equal(await fileSha(join(dir, `tgt${i}.raw`)), await fileSha(raw), `target ${i} differs from its source`);
+    const one = await call(`/api/jobs/${ids[i]}`);
+    const started = (one.doc.events as { message: string }[]).filter((e) => e.message.startsWith('started by worker'));
+    assert.equal(started.length, 1, `job ${i} ran ${started.length} times`);
+  }
+  assert.deepEqual([...workers.keys()].sort(), ['w1', 'w2'], `jobs per worker: ${JSON.stringify([...workers])}`);
+  console.log(`# ${N} imports (256 MiB disks) in ${((Date.now() - t0) / 1000).toFixed(1)} s; jobs per worker: ${JSON.stringify(Object.fromEntries(workers))}`);
+  const metrics = await call('/metrics');
+  assert.match(metrics.doc as string, new RegExp(`ferry_jobs\\{kind="import",state="succeeded"\\} ${N}`));
+});
+
+test('a damaged source fails on its worker with its code and remedy; retried once fixed, it succeeds', async () => {
+  const bad = join(dir, 'bad.qcow2');
+  copyFileSync(image(0), bad);
+  truncateSync(bad, 4 * 1024 * 1024); // most data clusters are gone
+  const r = await call('/api/jobs', { method: 'POST', body: { kind: 'import', source: bad, target: join(dir, 'bad.raw') } });
+  const id = r.doc.id as string;
+  const failed = (await waitFinished([id])).get(id)!;
+  assert.equal(failed.state, 'failed');
+  // Preflight finds the data clusters past the end of the file: the image is damaged.
+  assert.equal(failed.error.code, 'IMAGE_CORRUPT', JSON.stringify(failed.error));
+  assert.match(failed.error.message, /truncated/);
+  assert.ok(failed.error.remedy, 'a remedy is shown');
+  assert.ok(['w1', 'w2'].includes(failed.worker));
+  copyFileSync(image(0), bad); // fixed: uploaded again
+  const retry = await call(`/api/jobs/${id}/retry`, { method: 'POST' });
+  assert.equal(retry.status, 202, JSON.stringify(retry.doc));
+  const done = (await waitFinished([id])).get(id)!;
+  assert.equal(done.state, 'succeeded', JSON.stringify(done));
+  const raw = join(dir, 'ref0.raw');
+  assert.equal(await fileSha(join(dir, 'bad.raw')), await fileSha(raw));
+  const again = await call(`/api/jobs/${id}/retry`, { method: 'POST' });
+  assert.equal(again.status, 409);
+  assert.equal(again.doc.error.code, 'JOB_STATE');
+});
+
+test('a queued job can be cancelled before a worker takes it', async () => {
+  // Stop the workers from taking jobs: kill them, post, cancel, then check nothing ran it.
+  for (const p of procs.slice(1)) p.kill('SIGKILL');
+  const r = await call('/api/jobs', { method: 'POST', body: { kind: 'import', source: image(1), target: join(dir, 'never.raw') } });
+  const c = await call(`/api/jobs/${r.doc.id}/cancel`, { method: 'POST' });
+  assert.equal(c.status, 200, JSON.stringify(c.doc));
+  assert.equal(c.doc.job.state, 'cancelled');
+  const w = await startFerry(['worker', '--database', pg!.url, '--name', 'w3', '--poll', '0.5', '--data-dir', join(dir, 'w3'), '--json']);
+  assert.equal(w.event, 'ready');
+  await new Promise((r) => setTimeout(r, 1500));
+  const after = await call(`/api/jobs/${r.doc.id}`);
+  assert.equal(after.doc.job.state, 'cancelled');
+  assert.equal(after.doc.job.worker, null);
+  assert.equal(spawnSync('test', ['-e', join(dir, 'never.raw')]).status, 1, 'the cancelled job wrote nothing');
+});
+
+test('a database that is not there, or refuses the user, gets its own error code', () => {
+  const port = new URL(pg!.url).port;
+  const run = (url: string) => spawnSync(process.execPath, [BIN, 'worker', '--database', url, '--json'], { encoding: 'utf8', timeout: 30_000 });
+  const down = run('postgres://postgres@127.0.0.1:1/postgres');
+  assert.notEqual(down.status, 0);
+  assert.equal(JSON.parse(down.stdout).error.code, 'DATABASE_UNREACHABLE');
+  const nodb = run(`postgres://postgres@127.0.0.1:${port}/no_such_db`);
+  assert.notEqual(nodb.status, 0);
+  const e = JSON.parse(nodb.stdout).error;
+  assert.equal(e.code, 'DATABASE_AUTH_FAILED');
+  assert.match(e.remedy, /createdb/);
+});
