@@ -3,7 +3,8 @@
 // shared out by the queue: every job runs exactly once, both workers take jobs, every target is
 // bit-identical to its source's virtual content; a damaged source fails with its code and remedy
 // on the worker and shows in the API; once the source is fixed, retry requeues it and it succeeds;
-// a queued job can be cancelled; bad database URLs get their own error codes.
+// a queued job can be cancelled; a worker killed mid-copy resumes its job from the last checkpoint
+// when started again; bad database URLs get their own error codes.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -157,6 +158,38 @@ test('a queued job can be cancelled before a worker takes it', async () => {
   assert.equal(after.doc.job.state, 'cancelled');
   assert.equal(after.doc.job.worker, null);
   assert.equal(spawnSync('test', ['-e', join(dir, 'never.raw')]).status, 1, 'the cancelled job wrote nothing');
+});
+
+test('a worker killed mid-copy (kill -9) resumes the job from its last checkpoint when started again', async () => {
+  for (const p of procs.slice(1)) p.kill('SIGKILL');
+  const src = join(dir, 'big.qcow2');
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', src, '256M']);
+  execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x3c 0 160M', src]);
+  const MiB = 1024 * 1024;
+  const wk = ['worker', '--database', pg!.url, '--name', 'wk', '--poll', '0.5', '--data-dir', join(dir, 'wk'), '--json'];
+  await startFerry(wk, { FERRY_FAULT: `kill-at-byte:${120 * MiB}` });
+  const faulty = procs[procs.length - 1]!;
+  const r = await call('/api/jobs', { method: 'POST', body: { kind: 'import', source: src, target: join(dir, 'big.raw') } });
+  const id = r.doc.id as string;
+  if (faulty.exitCode === null && faulty.signalCode === null) await new Promise((res) => faulty.once('exit', res));
+  assert.equal(faulty.signalCode, 'SIGKILL', 'the worker was killed mid-copy');
+  const mid = (await call(`/api/jobs/${id}`)).doc.job;
+  assert.ok(['preflight', 'copying'].includes(mid.state), `left running: ${mid.state}`);
+  assert.equal(mid.worker, 'wk');
+
+  await startFerry(wk); // the same worker again (same name and state directory)
+  const done = (await waitFinished([id])).get(id)!;
+  assert.equal(done.state, 'succeeded', JSON.stringify(done));
+  const events = (await call(`/api/jobs/${id}`)).doc.events as { message: string }[];
+  const resumed = events.find((e) => /resumes it at byte/.test(e.message));
+  assert.ok(resumed, `resumed from a checkpoint: ${JSON.stringify(events)}`);
+  const at = Number(/at byte (\d+)/.exec(resumed.message)![1]);
+  assert.ok(at > 0 && at <= 120 * MiB, `resumed at ${at}`);
+  assert.equal(events.filter((e) => e.message.startsWith('started by worker')).length, 2);
+  const ref = join(dir, 'big.ref.raw');
+  execFileSync('qemu-img', ['convert', '-O', 'raw', src, ref]);
+  assert.equal(await fileSha(join(dir, 'big.raw')), await fileSha(ref), 'bit-identical after the kill');
+  console.log(`# worker killed at ${120} MiB, resumed at ${(at / MiB).toFixed(0)} MiB, target verified`);
 });
 
 test('a database that is not there, or refuses the user, gets its own error code', () => {

@@ -288,6 +288,13 @@ export class PgJobs {
     return row ? fromRow(row) : undefined;
   }
 
+  /** Jobs this worker was running when it stopped: it died (or its machine did), or was interrupted. */
+  async orphansOf(worker: string): Promise<PgJob[]> {
+    const sql = `SELECT * FROM ferry.jobs WHERE worker = $1 AND NOT cancel_requested
+      AND (state IN ('preflight', 'copying', 'verifying') OR (state = 'failed' AND error->>'code' = 'INTERRUPTED')) ORDER BY started`;
+    return (await this.q(sql, [worker])).map(fromRow);
+  }
+
   /** Writes progress or the outcome, and the heartbeat; returns whether a cancel was asked for. */
   async update(id: string, u: JobUpdate): Promise<boolean> {
     const sets = ['heartbeat = now()'];

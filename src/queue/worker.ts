@@ -2,7 +2,9 @@
 // It takes import jobs from the queue (pg-boss; each job goes to one worker), runs each as a
 // durable local import job (checkpoints in this machine's state directory, target locks), and
 // writes its phase, progress, rate, ETA and outcome to the shared row every second; a cancel asked
-// for through the API stops the import at the next report.
+// for through the API stops the import at the next report. A worker started again under the same
+// name (and state directory) first resumes the imports it was running when it died or was
+// stopped, from their last checkpoint.
 import { hostname } from 'node:os';
 import type PgBoss from 'pg-boss';
 import { FerryError } from '../errors.js';
@@ -36,9 +38,15 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
   }
   const db = await PgJobs.open(opts.database);
   const running = new Set<AbortController>();
+  // Test hook (as `ferry import`): FERRY_FAULT=kill-at-byte:N kills the worker once a copy passes N.
+  const fault = /^kill-at-byte:(\d+)$/.exec(process.env.FERRY_FAULT ?? '');
+  const killAt = fault ? Number(fault[1]) : undefined;
   const handle = async ([task]: PgBoss.Job<{ id: string }>[]): Promise<void> => {
     if (!task) return;
-    const job = await db.claim(task.data.id, name);
+    await run(task.data.id);
+  };
+  const run = async (id: string): Promise<void> => {
+    const job = await db.claim(id, name);
     if (!job) return; // cancelled or finished meanwhile
     const stop = new AbortController();
     running.add(stop);
@@ -67,8 +75,12 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
         { source: job.source, target: job.target, ...(job.options.format ? { format: job.options.format as ImageFormat } : {}), ...(job.options.verify ? { verify: true } : {}) },
         {
           signal: stop.signal,
+          onJob: (local, resuming) => {
+            if (resuming) reporting = reporting.then(() => db.event(job.id, `worker ${name} resumes it at byte ${local.committed} (its last checkpoint)`)).catch(() => {});
+          },
           onPhase: (phase) => report({ state: phase }, true),
           onProgress: (p) => {
+            if (killAt !== undefined && p.position >= killAt) process.kill(process.pid, 'SIGKILL');
             if (startPos < 0) startPos = p.position;
             const rate = ((p.position - startPos) * 1000) / Math.max(1, Date.now() - began);
             report({ bytesDone: p.position, bytesTotal: p.total, rate, eta: rate > 0 ? (p.total - p.position) / rate : null });
@@ -97,18 +109,26 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     }
   };
   try {
-    // pg-boss runs one job at a time per work() subscription: one subscription per slot.
-    for (let i = 0; i < concurrency; i++) {
-      await db.boss.work<{ id: string }>(IMPORT_QUEUE, { batchSize: 1, pollingIntervalSeconds: opts.pollSeconds ?? 2 }, handle);
-    }
+    // What this worker was running when it died is resumed first, from its local checkpoints
+    // (in `concurrency` lanes); then it takes queued jobs. pg-boss runs one job at a time per
+    // work() subscription: one subscription per slot.
+    const orphans = await db.orphansOf(name);
     opts.onReady?.(name);
+    const lane = async (): Promise<void> => {
+      for (let o = orphans.shift(); o && !opts.signal?.aborted; o = orphans.shift()) await run(o.id).catch(() => {}); // the database is away: retry from the API
+    };
+    const subscribed = Promise.all(Array.from({ length: concurrency }, lane)).then(async () => {
+      if (opts.signal?.aborted) return;
+      for (let i = 0; i < concurrency; i++) await db.boss.work<{ id: string }>(IMPORT_QUEUE, { batchSize: 1, pollingIntervalSeconds: opts.pollSeconds ?? 2 }, handle);
+    });
     await new Promise<void>((resolve) => {
       if (opts.signal?.aborted) return resolve();
       opts.signal?.addEventListener('abort', () => resolve(), { once: true });
     });
     // Stop taking jobs; imports still running stop at their next chunk and stay resumable.
-    await db.boss.offWork(IMPORT_QUEUE).catch(() => {});
     for (const r of running) r.abort();
+    await subscribed.catch(() => {});
+    await db.boss.offWork(IMPORT_QUEUE).catch(() => {});
     const deadline = Date.now() + 30_000;
     while (running.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
   } finally {
