@@ -62,13 +62,13 @@ function __ferryAddon(name) {
 const nativePlugin = {
   name: 'ferry-embedded-addons',
   setup(b) {
-    // createRequire(...)('zstd-napi/binding.js' | 'ferry-native' | 'fs-ext') in Ferry's sources.
+    // createRequire(...)(id) in Ferry's sources: the native addons, and the modules loaded on first use.
     b.onResolve({ filter: /^node:module$/ }, () => ({ path: 'node:module', namespace: 'ferry-module' }));
     b.onLoad({ filter: /.*/, namespace: 'ferry-module' }, () => ({
       loader: 'js',
       contents: `const real = require('module');
 const embedded = { 'zstd-napi/binding.js': 'zstd.node', 'ferry-native': 'ferry_native.node' };
-const bundled = { 'fs-ext': () => require('fs-ext') };
+const bundled = { 'fs-ext': () => require('fs-ext'), 'better-sqlite3': () => require('better-sqlite3'), 'cli-progress': () => require('cli-progress') };
 module.exports = { ...real, createRequire(url) { const r = real.createRequire(url); return (id) => embedded[id] ? __ferryAddon(embedded[id]) : bundled[id] ? bundled[id]() : r(id); } };`,
       resolveDir: root,
     }));

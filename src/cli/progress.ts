@@ -1,7 +1,7 @@
 // Progress display for long work: a bar with rate and ETA on an interactive terminal (stderr); with
 // --json, one JSON line per second on stderr ({"progress": {...}}) so scripts can follow along while
 // stdout stays one result document; nothing otherwise.
-import cliProgress from 'cli-progress';
+import { cliProgress } from '../lazy-modules.js';
 import { humanBytes } from './format.js';
 
 export interface Progress {
@@ -37,7 +37,7 @@ export function startProgress(label: string, total: number, json: boolean): Prog
     };
   }
   if (!process.stderr.isTTY) return NONE;
-  const bar = new cliProgress.SingleBar(
+  const bar = new (cliProgress().SingleBar)(
     {
       stream: process.stderr,
       format: `${label} [{bar}] {percentage}% | {doneH}/{totalH} | {rate}/s | ETA {eta_formatted}`,
@@ -45,7 +45,7 @@ export function startProgress(label: string, total: number, json: boolean): Prog
       clearOnComplete: true,
       etaBuffer: 50,
     },
-    cliProgress.Presets.shades_classic,
+    cliProgress().Presets.shades_classic,
   );
   bar.start(total, 0, { doneH: '0 B', totalH: humanBytes(total), rate: '0 B' });
   return {

@@ -12,7 +12,8 @@ import { mkdirSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { sqlite } from '../lazy-modules.js';
 import { FerryError } from '../errors.js';
 import { stateDir } from '../transfer/checkpoint.js';
 
@@ -171,7 +172,7 @@ export class JobStore {
     let db: Database.Database;
     try {
       mkdirSync(dir, { recursive: true });
-      db = new Database(join(dir, 'jobs.db'), { timeout: 10_000 });
+      db = new (sqlite())(join(dir, 'jobs.db'), { timeout: 10_000 });
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = NORMAL');
       db.pragma('foreign_keys = ON');

@@ -1,16 +1,14 @@
 // Packing and unpacking a chunk for the wire: the bytes of its used ranges back to back, zstd-
 // compressed when that pays (a quick probe skips data that will not shrink: random or already
 // compressed blocks go raw, at line rate), and the chunk's digest (wire.ts chunkDigest).
-import { createRequire } from 'node:module';
 import { FerryError } from '../errors.js';
+import { zstd, type ZstdCCtx } from '../lazy-modules.js';
 import { decompressInto } from '../image/decompress.js';
 import type { Range } from './ranges.js';
 import { CODEC_RAW, CODEC_ZSTD, chunkDigest, protocolError } from './wire.js';
 
-const require = createRequire(import.meta.url);
-const zstd = require('zstd-napi/binding.js') as typeof import('zstd-napi/binding.js');
 
-let cctx: InstanceType<typeof zstd.CCtx> | undefined;
+let cctx: ZstdCCtx | undefined;
 let outBuf: Buffer | undefined;
 const PROBE = 4096;
 
@@ -37,8 +35,8 @@ function gather(chunk: Buffer, ranges: Range[]): Buffer {
 function incompressible(data: Buffer): boolean {
   if (data.length < 8 * PROBE) return false;
   const sample = Buffer.concat([data.subarray(0, PROBE), data.subarray(data.length >> 1, (data.length >> 1) + PROBE), data.subarray(data.length - PROBE)]);
-  cctx ??= new zstd.CCtx();
-  const room = Buffer.allocUnsafe(zstd.compressBound(sample.length));
+  cctx ??= new (zstd().CCtx)();
+  const room = Buffer.allocUnsafe(zstd().compressBound(sample.length));
   return cctx.compress(room, sample, 1) > sample.length * 0.97;
 }
 
@@ -49,8 +47,8 @@ function incompressible(data: Buffer): boolean {
 export function packChunk(chunk: Buffer, ranges: Range[], level: number | undefined, digest: Buffer = chunkDigest(ranges, chunk)): Packed {
   const data = gather(chunk, ranges);
   if (level === undefined || incompressible(data)) return { digest, codec: CODEC_RAW, payload: data, rawBytes: data.length };
-  cctx ??= new zstd.CCtx();
-  const bound = zstd.compressBound(data.length);
+  cctx ??= new (zstd().CCtx)();
+  const bound = zstd().compressBound(data.length);
   if (!outBuf || outBuf.length < bound) outBuf = Buffer.allocUnsafe(bound);
   const n = cctx.compress(outBuf, data, level);
   if (n >= data.length * 0.97) return { digest, codec: CODEC_RAW, payload: data, rawBytes: data.length };

@@ -10,7 +10,7 @@ import { constants, type FileHandle, open, stat } from 'node:fs/promises';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { createServer, type TLSSocket, type Server } from 'node:tls';
-import Database from 'better-sqlite3';
+import { sqlite } from '../lazy-modules.js';
 import { fsExt } from '../io/fs-ext.js';
 import { FerryError } from '../errors.js';
 import { stateDir } from '../transfer/checkpoint.js';
@@ -140,7 +140,7 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
   }
   for (const d of disks) emit({ event: 'disk-opened', disk: d.name, path: d.path, size: d.size });
 
-  const db = new Database(join(dir, 'written.db'), { timeout: 10_000 });
+  const db = new (sqlite())(join(dir, 'written.db'), { timeout: 10_000 });
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');
   db.exec('CREATE TABLE IF NOT EXISTS chunks (target TEXT NOT NULL, offset INTEGER NOT NULL, ranges BLOB NOT NULL, digest BLOB NOT NULL, PRIMARY KEY (target, offset))');

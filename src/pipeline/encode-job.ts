@@ -3,13 +3,11 @@
 // others are kept raw or compressed with the writer's codec. Runs in a pool worker (compressed
 // outputs) or on the calling thread (uncompressed outputs), with the same result either way.
 import { constants as zc, deflateRawSync, deflateSync } from 'node:zlib';
-import { createRequire } from 'node:module';
 import { isAllZero } from '../io/zero.js';
+import { zstd, type ZstdCCtx } from '../lazy-modules.js';
 
 export { isAllZero };
 
-const require = createRequire(import.meta.url);
-const zstd = require('zstd-napi/binding.js') as typeof import('zstd-napi/binding.js');
 
 /** How a writer wants its units encoded. */
 export interface UnitEncoding {
@@ -39,11 +37,11 @@ export interface EncodedChunk {
 }
 export const UNIT_FIELDS = 5;
 
-let zstdCtx: InstanceType<typeof zstd.CCtx> | undefined;
-let probeCtx: InstanceType<typeof zstd.CCtx> | undefined;
+let zstdCtx: ZstdCCtx | undefined;
+let probeCtx: ZstdCCtx | undefined;
 const PROBE_SLICE = 2048;
 const probeIn = Buffer.alloc(3 * PROBE_SLICE);
-const probeOut = Buffer.alloc(zstd.compressBound(3 * PROBE_SLICE));
+let probeOut: Buffer | undefined;
 
 /**
  * True when a unit looks incompressible (random or already compressed data): three 2 KiB slices
@@ -58,7 +56,8 @@ function looksIncompressible(unit: Buffer): boolean {
   const mid = Math.floor(unit.length / 2 / 512) * 512;
   unit.copy(probeIn, PROBE_SLICE, mid, mid + PROBE_SLICE);
   unit.copy(probeIn, 2 * PROBE_SLICE, unit.length - PROBE_SLICE);
-  probeCtx ??= new zstd.CCtx();
+  probeCtx ??= new (zstd().CCtx)();
+  probeOut ??= Buffer.alloc(zstd().compressBound(3 * PROBE_SLICE));
   const n = probeCtx.compress(probeOut, probeIn, 1);
   return n > probeIn.length * 0.97;
 }
@@ -115,8 +114,8 @@ function compressUnit(unit: Buffer, enc: UnitEncoding, out: Output): number {
       return b.length;
     }
     case 'zstd': {
-      zstdCtx ??= new zstd.CCtx();
-      const bound = zstd.compressBound(unit.length);
+      zstdCtx ??= new (zstd().CCtx)();
+      const bound = zstd().compressBound(unit.length);
       const room = out.room(bound);
       if (room) {
         const n = zstdCtx.compress(room, unit, enc.level ?? 3);

@@ -8,14 +8,15 @@ import { openImage } from '../../image/open.js';
 import type { DiskImage, ImageFormat } from '../../image/types.js';
 import { SUPPORTED_FORMATS } from '../../image/types.js';
 import type { CompressionCodec, WriteSpec } from '../../image/writer.js';
-import { compareImages } from '../../pipeline/compare.js';
-import { convertImage } from '../../pipeline/convert.js';
-import { measureImage } from '../../pipeline/measure.js';
 import { humanBytes, sizeWithBytes } from '../format.js';
 import { makeOutput } from '../output.js';
 import { startProgress } from '../progress.js';
 import type { RunState } from '../main.js';
-import { formatOption, interruptible, sizeArg, usage } from './shared.js';
+import { formatOption, interruptible, lazyFn, sizeArg, usage } from './shared.js';
+
+const compareImages = lazyFn(() => import('../../pipeline/compare.js'), 'compareImages');
+const convertImage = lazyFn(() => import('../../pipeline/convert.js'), 'convertImage');
+const measureImage = lazyFn(() => import('../../pipeline/measure.js'), 'measureImage');
 
 interface WriteFlags {
   json?: boolean;

@@ -12,8 +12,6 @@ import type { RunState } from '../main.js';
 import { formatOption } from './shared.js';
 import { addStoreOptions, storeOptions, type StoreFlags } from './transfer.js';
 import { isObjectUrl, parseLocation } from '../../storage/location.js';
-import { openStore } from '../../storage/open-store.js';
-import { ObjectSource } from '../../storage/object-source.js';
 import { registerImageWriteCommands } from './image-write.js';
 
 interface OpenFlags extends StoreFlags {
@@ -25,6 +23,7 @@ interface OpenFlags extends StoreFlags {
 /** Opens a local image, or an object (s3://, cos://, file://) through range requests. */
 async function withImage<T extends object>(path: string, flags: OpenFlags, fn: (image: DiskImage) => Promise<T>): Promise<T & { transfer?: { requests: number; bytesFetched: number } }> {
   if (isObjectUrl(path)) {
+    const [{ openStore }, { ObjectSource }] = await Promise.all([import('../../storage/open-store.js'), import('../../storage/object-source.js')]);
     const loc = parseLocation(path);
     const store = openStore(loc, storeOptions(flags));
     const src = await ObjectSource.open(store, loc.key, true);

@@ -2,12 +2,14 @@
 // for the offline import (src/migrate/import.ts).
 import type { Command } from 'commander';
 import type { ImageFormat } from '../../image/types.js';
-import { runImport, type JobOutcome, type RunOptions } from '../../jobs/import-job.js';
+import type { JobOutcome, RunOptions } from '../../jobs/import-job.js';
 import { humanBytes } from '../format.js';
 import { makeOutput, type Output } from '../output.js';
 import { startProgress } from '../progress.js';
 import type { RunState } from '../main.js';
-import { formatOption, interruptSignal, usage } from './shared.js';
+import { formatOption, interruptSignal, lazyFn, usage } from './shared.js';
+
+const runImport = lazyFn(() => import('../../jobs/import-job.js'), 'runImport');
 import { addStoreOptions, storeOptions, type StoreFlags } from './transfer.js';
 
 interface ImportFlags extends StoreFlags {

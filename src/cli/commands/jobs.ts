@@ -1,13 +1,15 @@
 // `ferry jobs list|show|retry|cancel`: the durable job records (src/jobs/) — what ran, what runs,
 // how far it got, why it failed — and resuming or stopping a job.
 import type { Command } from 'commander';
-import { cancelJob, retryJob } from '../../jobs/import-job.js';
 import { JOB_STATES, JobStore, isRunning, type Job, type JobState } from '../../jobs/job-store.js';
 import { humanBytes, table } from '../format.js';
 import { makeOutput } from '../output.js';
 import type { RunState } from '../main.js';
 import { printImportOutcome, runWithProgress } from './import.js';
-import { usage } from './shared.js';
+import { lazyFn, usage } from './shared.js';
+
+const cancelJob = lazyFn(() => import('../../jobs/import-job.js'), 'cancelJob');
+const retryJob = lazyFn(() => import('../../jobs/import-job.js'), 'retryJob');
 
 /** The state shown to people: a job whose process died mid-way is "interrupted". */
 function shownState(j: Job): string {

@@ -1,14 +1,15 @@
 // `ferry receive` (migration mode on the target machine) and `ferry migrate` (on the source):
 // option parsing, JSON-lines events, and rendering for src/online/.
 import type { Command } from 'commander';
-import { migrate, type MigrateEvent } from '../../online/sender.js';
-import { startReceiver } from '../../online/receiver.js';
-import { configText, detectDisks } from '../../online/init.js';
+import type { MigrateEvent } from '../../online/sender.js';
 import { existsSync, writeFileSync } from 'node:fs';
 import { humanBytes } from '../format.js';
 import { makeOutput } from '../output.js';
 import type { RunState } from '../main.js';
-import { intArg, interruptSignal, usage } from './shared.js';
+import { intArg, interruptSignal, lazyFn, usage } from './shared.js';
+
+const migrate = lazyFn(() => import('../../online/sender.js'), 'migrate');
+const startReceiver = lazyFn(() => import('../../online/receiver.js'), 'startReceiver');
 import { parseRate } from './transfer.js';
 
 function pairs(list: string[], what: string, example: string): [string, string][] {
@@ -158,8 +159,9 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
     .option('--fingerprint <sha256>', 'the receiver\'s certificate fingerprint')
     .option('--force', 'replace an existing file')
     .option('--json', 'print the detected disks as JSON too')
-    .action((flags: { output: string; target?: string; fingerprint?: string; force?: boolean; json?: boolean }) => {
+    .action(async (flags: { output: string; target?: string; fingerprint?: string; force?: boolean; json?: boolean }) => {
       if (existsSync(flags.output) && !flags.force) throw usage(`${flags.output} exists`, 'Pass --force to replace it, or --output another file.');
+      const { configText, detectDisks } = await import('../../online/init.js');
       const disks = detectDisks();
       writeFileSync(flags.output, configText(disks, { ...(flags.target ? { address: flags.target } : {}), ...(flags.fingerprint ? { fingerprint: flags.fingerprint } : {}) }), { mode: 0o600 });
       makeOutput(!!flags.json).result({ file: flags.output, disks }, () => `wrote ${flags.output} (${disks.length} disk(s): ${disks.map((d) => d.device).join(', ') || 'none found'}); edit it, then: FERRY_TOKEN=… ferry migrate --config ${flags.output}`);

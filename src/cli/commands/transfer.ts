@@ -3,17 +3,25 @@
 import { Option, type Command } from 'commander';
 import { SUPPORTED_FORMATS, type ImageFormat } from '../../image/types.js';
 import type { CompressionCodec } from '../../image/writer.js';
-import { parseLocation } from '../../storage/location.js';
-import { openStore, type StoreOptions } from '../../storage/open-store.js';
-import { loadCheckpoint, removeCheckpoint } from '../../transfer/checkpoint.js';
-import { downloadObject } from '../../transfer/download.js';
-import { uploadImage } from '../../transfer/upload.js';
-import { verifyObject } from '../../transfer/verify.js';
+import type { StoreOptions } from '../../storage/open-store.js';
 import { humanBytes, table } from '../format.js';
 import { makeOutput } from '../output.js';
 import { startProgress } from '../progress.js';
 import type { RunState } from '../main.js';
-import { formatOption, intArg, interruptSignal, sizeArg, usage } from './shared.js';
+import { formatOption, intArg, interruptSignal, lazyFn, sizeArg, usage } from './shared.js';
+
+const downloadObject = lazyFn(() => import('../../transfer/download.js'), 'downloadObject');
+const uploadImage = lazyFn(() => import('../../transfer/upload.js'), 'uploadImage');
+const verifyObject = lazyFn(() => import('../../transfer/verify.js'), 'verifyObject');
+/** The storage modules, for the commands that use them directly. */
+async function storageModules() {
+  const [{ parseLocation }, { openStore }, { loadCheckpoint, removeCheckpoint }] = await Promise.all([
+    import('../../storage/location.js'),
+    import('../../storage/open-store.js'),
+    import('../../transfer/checkpoint.js'),
+  ]);
+  return { parseLocation, openStore, loadCheckpoint, removeCheckpoint };
+}
 
 export interface StoreFlags {
   endpoint?: string;
@@ -110,6 +118,7 @@ export function registerTransferCommands(program: Command, state: RunState): voi
     const out = makeOutput(!!flags.json);
     const store = flagsToStore(flags);
     if (flags.abort) {
+      const { parseLocation, openStore, loadCheckpoint, removeCheckpoint } = await storageModules();
       const loc = parseLocation(dest);
       const saved = loadCheckpoint(loc.url);
       const s = openStore(loc, store);
@@ -238,6 +247,7 @@ export function registerTransferCommands(program: Command, state: RunState): voi
       .argument('<location>', 's3://BUCKET[/PREFIX], cos://…, file:///DIR/')
       .option('--json', 'print one JSON document'),
   ).action(async (location: string, flags: StoreFlags & { json?: boolean; virtualHost?: boolean }) => {
+    const { parseLocation, openStore } = await storageModules();
     const loc = parseLocation(location, false);
     const s = openStore(loc, flagsToStore(flags));
     try {
@@ -260,6 +270,7 @@ export function registerTransferCommands(program: Command, state: RunState): voi
     const m = /^(\d+)\s*([smhd])$/.exec(flags.olderThan);
     if (!m) throw usage(`--older-than '${flags.olderThan}' is not an age`, 'Write a number and a unit: 90s, 30m, 24h or 7d.');
     const ageMs = Number(m[1]) * { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 }[m[2] as 's' | 'm' | 'h' | 'd'];
+    const { parseLocation, openStore } = await storageModules();
     const loc = parseLocation(location, false);
     const s = openStore(loc, flagsToStore(flags));
     try {
