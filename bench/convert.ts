@@ -9,7 +9,7 @@
 //     tools, `qemu-img check` for Ferry's qcow2 and VMDK outputs; a failure fails the bench;
 //  4. prints a table with ratios, targets and PASS/FAIL, and writes bench/out/convert-results.json.
 //
-//   npx tsc -p tsconfig.json && node dist/bench/convert.js [--runs N] [--only case1,case2]
+//   npm run build && node dist/bench/convert.js [--runs N] [--only case1,case2]
 import { existsSync } from 'node:fs';
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
@@ -232,7 +232,7 @@ async function main(): Promise<void> {
   const cases = args.only ? CASES.filter((c) => args.only!.includes(c.name)) : CASES;
   const runs = args.runs;
   const qemuVersion = await requireTools();
-  if (!existsSync(join(ROOT, 'dist', 'src', 'cli', 'main.js'))) throw new Error('Ferry is not built: npx tsc -p tsconfig.json');
+  if (!existsSync(join(ROOT, 'dist', 'src', 'cli', 'main.js'))) throw new Error('Ferry is not built: npm run build');
   const help = await mustExec(process.execPath, [FERRY, 'image', 'convert', '--help']);
   // The second Ferry variant: with --sync (flushed, as durable as qemu-img + sync) when Ferry has it.
   const hasSyncFlag = help.stdout.includes('--sync');

@@ -13,7 +13,7 @@ import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_pr
 import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { FERRY, OUT, ROOT, exec, sha256File, table, warnIfBusy } from './lib.js';
+import { EXTRA_CA_NOTE, FERRY, OUT, ROOT, exec, sha256File, table, warnIfBusy } from './lib.js';
 import { lan, type Lan } from '../test/netlan.js';
 import { startSshd, stopSshd, type Sshd } from '../test/sshd.js';
 
@@ -104,6 +104,7 @@ async function main(): Promise<void> {
     writeFileSync(join(DIR, 'inventory.yaml'), inv + '\n');
 
     console.log(`fleet: ${N} sources, each ${DATA / MiB} MiB of random data in a ${DISK / MiB} MiB disk, to one receiver behind a ${linkMbit} Mbit/s link`);
+    if (EXTRA_CA_NOTE) console.log(EXTRA_CA_NOTE);
     const run = await exec('/usr/bin/time', ['-f', 'FLEET-TIME %e %M', 'env', `FERRY_STATE_DIR=${join(DIR, 'state')}`, 'ip', 'netns', 'exec', net.hub, process.execPath, FERRY, 'fleet', 'run', join(DIR, 'inventory.yaml'), '--concurrency', String(N), '--json']);
     const time = /FLEET-TIME ([\d.]+) (\d+)/.exec(run.stderr);
     let doc: { hosts: { name: string; state: string; finishedAt?: string; report?: Report; error?: { code: string; message: string } }[]; succeeded: number; failed: number };

@@ -10,7 +10,7 @@
 //  3. verifies (untimed) both outputs: SHA-256 equal to the reference disk's;
 //  4. prints the table with the ratio (target ≤ 0.7) and writes bench/out/import-results.json.
 //
-//   npx tsc -p tsconfig.json && node dist/bench/import.js [--runs N]
+//   npm run build && node dist/bench/import.js [--runs N]
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describeBuild, ensureImages, exec, FERRY, median, OUT, parseBenchArgs, sha256File, table, timedExec, warnIfBusy, EXTRA_CA_NOTE } from './lib.js';
@@ -84,7 +84,7 @@ async function main(): Promise<void> {
     const dl = median(runs.manual.map((r) => r.parts![0]));
     const cv = median(runs.manual.map((r) => r.parts![1]));
     console.log(`\nimport of the zlib-compressed 4 GiB reference qcow2 from Swift (s3api) on 127.0.0.1 onto a file, median of ${args.runs} run(s); other load at start ${busy.toFixed(2)} cores`);
-  if (EXTRA_CA_NOTE) console.log(EXTRA_CA_NOTE);
+    if (EXTRA_CA_NOTE) console.log(EXTRA_CA_NOTE);
     console.log(
       table(
         ['path', 'wall s', 'cpu s', 'peak MiB', 'ratio', 'target', ''],

@@ -6,7 +6,7 @@
 //     driver (under GNU time) vs bench/read-sink.js (streamVirtual), alternating, N runs each,
 //     medians reported as a table and in bench/out/read-results.json.
 //
-//   npx tsc -p tsconfig.json && node dist/bench/read.js [--runs N]
+//   npm run build && node dist/bench/read.js [--runs N]
 import { existsSync } from 'node:fs';
 import { stat, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
@@ -53,7 +53,7 @@ async function runFerry(path: string, size: number): Promise<Omit<Sample, 'other
 async function main(): Promise<void> {
   const { runs } = parseBenchArgs(process.argv.slice(2), 'node dist/bench/read.js [--runs N]');
   const qemuVersion = await requireTools();
-  if (!existsSync(SINK)) throw new Error(`${SINK} is missing: build first with npx tsc -p tsconfig.json`);
+  if (!existsSync(SINK)) throw new Error(`${SINK} is missing: build first with npm run build`);
 
   await warnIfBusy();
 

@@ -11,7 +11,7 @@
 //  4. prints times, ratios, bytes sent, peak memory, targets and PASS/FAIL, and writes
 //     bench/out/upload-results.json.
 //
-//   npx tsc -p tsconfig.json && node dist/bench/upload.js [--runs N]
+//   npm run build && node dist/bench/upload.js [--runs N]
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describeBuild, ensureImages, exec, FERRY, median, OUT, parseBenchArgs, RAW, table, timedExec, warnIfBusy, EXTRA_CA_NOTE } from './lib.js';
@@ -111,7 +111,7 @@ async function main(): Promise<void> {
       ['peak RSS of ferry (MiB)', '', '', mib(Math.max(s.ferryRaw!.maxRssKiB, s.ferryZstd!.maxRssKiB)), '', '', '≤ 256', rssOk ? 'PASS' : 'FAIL'],
     ];
     console.log(`\nupload of the 4 GiB reference disk to Swift (s3api) on 127.0.0.1, median of ${args.runs} run(s); other load at start ${busy.toFixed(2)} cores`);
-  if (EXTRA_CA_NOTE) console.log(EXTRA_CA_NOTE);
+    if (EXTRA_CA_NOTE) console.log(EXTRA_CA_NOTE);
     console.log(table(['case', 'wall s', 'cpu s', 'peak MiB', 'GB sent', 'ratio', 'target', ''], rows));
     await writeFile(join(OUT, 'upload-results.json'), JSON.stringify({ runs: args.runs, results: s, raw: res }, null, 1));
   } finally {

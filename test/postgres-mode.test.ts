@@ -4,7 +4,9 @@
 // bit-identical to its source's virtual content; a damaged source fails with its code and remedy
 // on the worker and shows in the API; once the source is fixed, retry requeues it and it succeeds;
 // a queued job can be cancelled; a worker killed mid-copy resumes its job from the last checkpoint
-// when started again; bad database URLs get their own error codes.
+// when started again; the row is the lock (a job is claimed once; a worker that lost its job has
+// its writes refused); bad database URLs and a wrong password get their own error codes, and the
+// password is never printed.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -13,7 +15,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fileSha } from './file-sha.js';
-import { startPostgres, type Postgres } from './postgres.js';
+import { PASSWORD_ROLE, startPostgres, type Postgres } from './postgres.js';
+import { PgJobs } from '../src/queue/pg-jobs.js';
 
 const BIN = fileURLToPath(new URL('../../bin/ferry.js', import.meta.url));
 const N = 6;
@@ -153,7 +156,10 @@ test('a queued job can be cancelled before a worker takes it', async () => {
   assert.equal(c.doc.job.state, 'cancelled');
   const w = await startFerry(['worker', '--database', pg!.url, '--name', 'w3', '--poll', '0.5', '--data-dir', join(dir, 'w3'), '--json']);
   assert.equal(w.event, 'ready');
-  await new Promise((r) => setTimeout(r, 1500));
+  // A job posted after the cancel runs: by then the worker has been through the queue.
+  const next = await call('/api/jobs', { method: 'POST', body: { kind: 'import', source: image(2), target: join(dir, 'next.raw') } });
+  assert.equal((await waitFinished([next.doc.id])).get(next.doc.id).state, 'succeeded');
+  assert.equal((await call(`/api/jobs/${r.doc.id}/retry`, { method: 'POST' })).status, 409, 'a cancelled job is not retried');
   const after = await call(`/api/jobs/${r.doc.id}`);
   assert.equal(after.doc.job.state, 'cancelled');
   assert.equal(after.doc.job.worker, null);
@@ -192,7 +198,33 @@ test('a worker killed mid-copy (kill -9) resumes the job from its last checkpoin
   console.log(`# worker killed at ${120} MiB, resumed at ${(at / MiB).toFixed(0)} MiB, target verified`);
 });
 
-test('a database that is not there, or refuses the user, gets its own error code', () => {
+test('the row is the lock: a queued job is claimed once; a worker that lost its job has its writes refused', async () => {
+  for (const p of procs.slice(1)) p.kill('SIGKILL'); // no worker takes the job: the test plays two
+  const db = await PgJobs.open(pg!.url);
+  try {
+    const job = await db.enqueueImport({ source: join(dir, 'none.qcow2'), target: join(dir, 'none.raw') });
+    const a = await db.claim(job.id, 'test-a');
+    assert.ok(a, 'the first claim takes it');
+    assert.equal(await db.claim(job.id, 'test-b'), undefined, 'a second claim of the same job is refused');
+    assert.equal(await db.update(job.id, { worker: 'test-a', attempts: a.attempts }, { state: 'copying', bytesDone: 1 }), 'ok');
+    await assert.rejects(db.retry(job.id), (e: { code?: string }) => e.code === 'JOB_STATE', 'a running job that reports is not retried');
+    // test-a stops reporting: a minute later the job may be retried and taken by another worker.
+    const pool = (db as unknown as { pool: { query(sql: string, v: unknown[]): Promise<unknown> } }).pool;
+    await pool.query("UPDATE ferry.jobs SET heartbeat = now() - interval '5 minutes' WHERE id = $1", [job.id]);
+    assert.equal((await db.retry(job.id)).state, 'queued');
+    assert.equal(await db.update(job.id, { worker: 'test-a', attempts: a.attempts }, { bytesDone: 2 }), 'lost', 'the old worker is fenced off once the job was requeued');
+    const b = await db.claim(job.id, 'test-b');
+    assert.ok(b, 'the requeued job is taken by another worker');
+    assert.equal(b.attempts, a.attempts + 1);
+    assert.equal(await db.update(job.id, { worker: 'test-a', attempts: a.attempts }, { state: 'succeeded', finished: true }), 'lost', 'the old worker cannot finish it');
+    assert.equal(await db.update(job.id, { worker: 'test-b', attempts: b.attempts }, { state: 'failed', error: { code: 'X', message: 'test' }, finished: true }), 'ok');
+    assert.equal((await db.get(job.id))!.state, 'failed');
+  } finally {
+    await db.close();
+  }
+});
+
+test('a database that is not there, or refuses the user, gets its own error code', async () => {
   const port = new URL(pg!.url).port;
   const run = (url: string) => spawnSync(process.execPath, [BIN, 'worker', '--database', url, '--json'], { encoding: 'utf8', timeout: 30_000 });
   const down = run('postgres://postgres@127.0.0.1:1/postgres');
@@ -203,4 +235,18 @@ test('a database that is not there, or refuses the user, gets its own error code
   const e = JSON.parse(nodb.stdout).error;
   assert.equal(e.code, 'DATABASE_AUTH_FAILED');
   assert.match(e.remedy, /createdb/);
+  execFileSync('psql', ['-q', '-h', '127.0.0.1', '-p', port, '-U', 'postgres', '-c', `CREATE ROLE ${PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD 'right-pw-42'`]);
+  const wrong = run(`postgres://${PASSWORD_ROLE}:wrong-pw-17@127.0.0.1:${port}/postgres`);
+  assert.notEqual(wrong.status, 0);
+  const w = JSON.parse(wrong.stdout).error;
+  assert.equal(w.code, 'DATABASE_AUTH_FAILED', JSON.stringify(w));
+  assert.ok(!(wrong.stdout + wrong.stderr).includes('wrong-pw-17'), 'the password is not printed');
+  const right = spawn(process.execPath, [BIN, 'worker', '--database', `postgres://${PASSWORD_ROLE}:right-pw-42@127.0.0.1:${port}/postgres`, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  procs.push(right);
+  let out = '';
+  right.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  for (let i = 0; i < 300 && !out.includes('\n'); i++) await new Promise((r) => setTimeout(r, 50));
+  const ready = JSON.parse(out.split('\n')[0]!);
+  assert.equal(ready.event, 'ready', out);
+  assert.ok(!out.includes('right-pw-42'), `the password is not printed: ${out}`);
 });

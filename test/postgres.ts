@@ -1,11 +1,15 @@
 // A throwaway PostgreSQL server for tests (Debian's postgresql package): initdb into a fresh
 // directory owned by the `postgres` system user, the server on 127.0.0.1 and a free port with
-// trust authentication and fsync off, stopped (fast shutdown, then SIGKILL) and removed by stop().
+// fsync off, stopped (fast shutdown, then SIGKILL) and removed by stop(). Authentication: trust,
+// except for the role PASSWORD_ROLE (created by the test), which must give its password.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+
+/** A role the server checks passwords for (scram-sha-256); every other role is trusted. */
+export const PASSWORD_ROLE = 'ferry_pw';
 
 export interface Postgres {
   url: string;
@@ -53,6 +57,11 @@ export async function startPostgres(): Promise<Postgres> {
     // Run as the postgres user directly (no runuser in between: the server is our own child).
     const as = { uid, gid, cwd: dir, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LANG: 'C.UTF-8' } };
     execFileSync(join(bin, 'initdb'), ['-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync', '-E', 'UTF8'], { ...as, stdio: ['ignore', 'ignore', 'pipe'] });
+    writeFileSync(
+      join(data, 'pg_hba.conf'),
+      `local all all trust\nhost all ${PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n`,
+    );
+    chownSync(join(data, 'pg_hba.conf'), uid, gid);
     const port = await freePort();
     server = spawn(join(bin, 'postgres'), ['-D', data, '-k', dir, '-p', String(port), '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'max_connections=50'], {
       ...as,

@@ -4,36 +4,16 @@
 // decompressInto decodes straight into the caller's buffer (deflate through the native addon's
 // inflateInto when it is built, zstd through zstd-napi's streaming context).
 import { constants as zc, inflateRawSync, inflateSync } from 'node:zlib';
-import { createRequire } from 'node:module';
 import { corrupt } from '../errors.js';
+import { ferryNative, zstd } from '../lazy-modules.js';
 import type { Codec } from './types.js';
 
-const require = createRequire(import.meta.url);
-// zstd-napi's low-level binding gives streaming decode that stops when the output is full. Both
-// addons load on first use: reading an image without compressed units never loads them.
-type ZstdBinding = typeof import('zstd-napi/binding.js');
-let zstdLoaded: ZstdBinding | undefined;
-const zstdBinding = (): ZstdBinding => (zstdLoaded ??= require('zstd-napi/binding.js') as ZstdBinding);
-type Native = { inflateInto?: (input: Uint8Array, output: Uint8Array, zlibHeader: boolean) => number };
-let nativeLoaded: Native | null | undefined;
-/** native/: inflate into a given buffer, when the addon was built (null when it was not). */
-function native(): Native | null {
-  if (nativeLoaded === undefined) {
-    try {
-      nativeLoaded = require('ferry-native') as Native;
-    } catch {
-      nativeLoaded = null;
-    }
-  }
-  return nativeLoaded;
-}
-
-let zstdContext: InstanceType<ZstdBinding['DCtx']> | undefined;
+let zstdContext: InstanceType<ReturnType<typeof zstd>['DCtx']> | undefined;
 
 function decodeZstd(input: Buffer, unitSize: number, into?: Buffer): Buffer {
-  zstdContext ??= new (zstdBinding().DCtx)();
+  zstdContext ??= new (zstd().DCtx)();
   const dctx = zstdContext;
-  dctx.reset(zstdBinding().ResetDirective.sessionOnly);
+  dctx.reset(zstd().ResetDirective.sessionOnly);
   const out = into ?? Buffer.alloc(unitSize);
   let produced = 0;
   let consumed = 0;
@@ -82,7 +62,7 @@ export function decompressInto(codec: Codec, input: Buffer, dest: Buffer, where:
   let produced: number;
   try {
     if (codec === 'zstd') produced = decodeZstd(input, unitSize, dest).length;
-    else if (native()?.inflateInto) produced = native()!.inflateInto!(input, dest, codec === 'zlib');
+    else if (ferryNative()?.inflateInto) produced = ferryNative()!.inflateInto!(input, dest, codec === 'zlib');
     else {
       decompressUnit(codec, input, unitSize, where).copy(dest);
       return;

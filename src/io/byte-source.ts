@@ -3,7 +3,7 @@
 // turn a short read into a precise "truncated" error.
 import { open, type FileHandle } from 'node:fs/promises';
 import { fstatSync } from 'node:fs';
-import { fsExt } from './fs-ext.js';
+import { fsExt } from '../lazy-modules.js';
 import { FerryError, fromSystemError, truncated } from '../errors.js';
 
 /** A half-open byte range [offset, offset + length). */

@@ -6,25 +6,10 @@
 import { constants, type FileHandle, open, rename, rm, stat, statfs } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { createRequire } from 'node:module';
-import { fsExt } from './fs-ext.js';
+import { ferryNative, fsExt } from '../lazy-modules.js';
 import { FerryError } from '../errors.js';
 
 const SEEK_END = 2;
-
-type Native = { fallocate(fd: number, offset: number, length: number, keepSize?: boolean): void };
-let nativeLoaded: Native | null | undefined;
-/** The fallocate(2) binding (native/), loaded on first use; null when it was not built (then nothing is reserved). */
-function native(): Native | null {
-  if (nativeLoaded === undefined) {
-    try {
-      nativeLoaded = createRequire(import.meta.url)('ferry-native') as Native;
-    } catch {
-      nativeLoaded = null;
-    }
-  }
-  return nativeLoaded;
-}
 
 export interface Sink {
   /** The final path (for messages and names written into images, e.g. a VMDK extent name). */
@@ -188,7 +173,7 @@ abstract class HandleSink implements Sink {
     }
   }
 
-  private canReserve = native() !== null;
+  private canReserve = ferryNative()?.fallocate !== undefined;
   /** Free bytes at the last statfs, less what was reserved since. */
   private freeSeen: number | undefined;
 
@@ -206,7 +191,7 @@ abstract class HandleSink implements Sink {
       this.freeSeen -= length;
     }
     try {
-      native()!.fallocate(this.handle.fd, offset, length);
+      ferryNative()!.fallocate!(this.handle.fd, offset, length);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOSPC' || code === 'EDQUOT') throw targetError(err, this.path, `reserving ${length} bytes at offset ${offset}`);

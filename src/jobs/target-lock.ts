@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readFileSync, writeSync, ftruncateSync } from 'node:fs';
 import { realpath } from 'node:fs/promises';
 import { dirname, join, resolve, basename } from 'node:path';
-import { fsExt } from '../io/fs-ext.js';
+import { fsExt } from '../lazy-modules.js';
 import { FerryError } from '../errors.js';
 import { stateDir } from '../transfer/checkpoint.js';
 

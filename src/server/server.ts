@@ -54,7 +54,6 @@ export interface ApiJob {
 /** How often running jobs' progress is sampled for the rate chart (FERRY_SERVER_SAMPLE_MS: tests). */
 const SAMPLE_MS = Math.max(100, Number(process.env.FERRY_SERVER_SAMPLE_MS) || 2000);
 
-
 /** An import as the API shows it, from the local job store (Job) or the shared table (PgJob). */
 function fromImport(j: Job | PgJob): ApiJob {
   return {
@@ -78,6 +77,8 @@ function fromImport(j: Job | PgJob): ApiJob {
 /** Where imports live: this machine's SQLite job store, or PostgreSQL's shared job table. */
 interface ImportJobs {
   list(): Promise<ApiJob[]>;
+  /** One import by id (PostgreSQL mode; the local store is searched through list()). */
+  find?(id: string): Promise<ApiJob | undefined>;
   events(id: string): Promise<unknown[]>;
   start(req: { source: string; target: string; format?: string }): Promise<Record<string, unknown>>;
   cancel(id: string): Promise<ApiJob>;
@@ -113,6 +114,10 @@ async function postgresImports(url: string): Promise<ImportJobs> {
   const db: PgJobs = await Jobs.open(url);
   return {
     list: async () => (await db.list()).map(fromImport),
+    find: async (id) => {
+      const j = await db.get(id);
+      return j ? fromImport(j) : undefined;
+    },
     events: (id) => db.events(id),
     start: async (req) => {
       const job = await db.enqueueImport(req);
@@ -250,7 +255,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     if (one) {
       const id = decodeURIComponent(one[1]!);
       const action = one[2];
-      const job = (await allJobs()).find((j) => j.id === id || (j.kind === 'import' && j.id.startsWith(id)));
+      const job = (await imports.find?.(id)) ?? (await allJobs()).find((j) => j.id === id || (j.kind === 'import' && j.id.startsWith(id)));
       if (!job) throw new HttpError(404, 'JOB_NOT_FOUND', `no job ${id}`);
       if (!action && method === 'GET') return { job, ...(job.kind === 'import' ? { events: await imports.events(job.id) } : {}) };
       if (action === 'rates' && method === 'GET') {
@@ -302,7 +307,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       (doc) => done(res.statusCode === 200 ? 200 : res.statusCode, 'application/json', JSON.stringify(doc)),
       (err: unknown) => {
         if (err instanceof HttpError) return done(err.status, 'application/json', JSON.stringify({ error: { code: err.code, message: err.message } }));
-        if (err instanceof FerryError) return done(err.code === 'JOB_NOT_FOUND' ? 404 : 409, 'application/json', JSON.stringify({ error: err.toJSON() }));
+        if (err instanceof FerryError) {
+          const status = err.code === 'JOB_NOT_FOUND' ? 404 : err.code.startsWith('DATABASE_') ? 503 : 409;
+          return done(status, 'application/json', JSON.stringify({ error: err.toJSON() }));
+        }
         done(500, 'application/json', JSON.stringify({ error: { code: 'INTERNAL', message: String((err as Error)?.message ?? err) } }));
       },
     );

@@ -1,5 +1,6 @@
-// `ferry fleet run|status INVENTORY` (many servers migrated over SSH, see src/fleet/) and
-// `ferry agent path` (where the single-file agent is).
+// `ferry fleet run|status INVENTORY` (many servers migrated over SSH, see src/fleet/),
+// `ferry agent path` (where the single-file agent is), `ferry server` (the control plane,
+// src/server/) and `ferry worker` (PostgreSQL mode's import worker, src/queue/).
 import type { Command } from 'commander';
 import type { HostRecord } from '../../fleet/state.js';
 import { ExitCode, FerryError } from '../../errors.js';

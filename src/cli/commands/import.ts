@@ -8,9 +8,9 @@ import { makeOutput, type Output } from '../output.js';
 import { startProgress } from '../progress.js';
 import type { RunState } from '../main.js';
 import { formatOption, interruptSignal, lazyFn, usage } from './shared.js';
+import { addStoreOptions, storeOptions, type StoreFlags } from './transfer.js';
 
 const runImport = lazyFn(() => import('../../jobs/import-job.js'), 'runImport');
-import { addStoreOptions, storeOptions, type StoreFlags } from './transfer.js';
 
 interface ImportFlags extends StoreFlags {
   target: string;

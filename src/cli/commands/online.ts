@@ -7,10 +7,10 @@ import { humanBytes } from '../format.js';
 import { makeOutput } from '../output.js';
 import type { RunState } from '../main.js';
 import { intArg, interruptSignal, lazyFn, usage } from './shared.js';
+import { parseRate } from './transfer.js';
 
 const migrate = lazyFn(() => import('../../online/sender.js'), 'migrate');
 const startReceiver = lazyFn(() => import('../../online/receiver.js'), 'startReceiver');
-import { parseRate } from './transfer.js';
 
 function pairs(list: string[], what: string, example: string): [string, string][] {
   return list.map((p) => {

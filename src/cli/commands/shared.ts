@@ -56,7 +56,7 @@ export async function interruptible<T>(fn: (signal: AbortSignal) => Promise<T>):
  * An async library function loaded when first called, so that a command loads only the part of
  * Ferry it runs (the bundled CLI then starts faster): `const f = lazyFn(() => import('m.js'), 'f')`.
  */
-export function lazyFn<M, K extends keyof M>(load: () => Promise<M>, name: K): M[K] {
+export function lazyFn<M, K extends { [P in keyof M]: M[P] extends (...args: never[]) => Promise<unknown> ? P : never }[keyof M]>(load: () => Promise<M>, name: K): M[K] {
   const call = async (...args: unknown[]): Promise<unknown> => ((await load())[name] as (...a: unknown[]) => Promise<unknown>)(...args);
   return call as M[K];
 }
