@@ -3,15 +3,16 @@
 //     its zlib qcow2 and streamOptimized VMDK conversions;
 //  2. for each case (raw → qcow2 zlib/zstd/plain, VMDK streamOptimized, VHD dynamic; zlib qcow2 and
 //     VMDK → raw) times `qemu-img convert` (then the `sync` that makes its output durable) and
-//     `ferry image convert` (which flushes before renaming into place), alternating, N runs each,
-//     under GNU time, with `sync` + 1 s pause before every timed run; medians reported;
+//     `ferry image convert` (which flushes before renaming into place), alternating (which tool
+//     goes first alternates too), N runs each, under GNU time; before every timed run `sync` and a
+//     wait for the disks to be idle (see settle()); medians reported;
 //  3. verifies (untimed) the last outputs: `qemu-img compare` with the reference disk for both
 //     tools, `qemu-img check` for Ferry's qcow2 and VMDK outputs; a failure fails the bench;
 //  4. prints a table with ratios, targets and PASS/FAIL, and writes bench/out/convert-results.json.
 //
 //   npm run build && node dist/bench/convert.js [--runs N] [--only case1,case2]
 import { existsSync } from 'node:fs';
-import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -159,9 +160,35 @@ interface Check {
 }
 
 /** `sync`, then 1 s pause: earlier dirty pages must not slow the next timed run. */
+/** The block devices' completed reads, writes and discards, and the I/Os in flight (/proc/diskstats). */
+async function diskActivity(): Promise<{ counters: string; inFlight: number }> {
+  const rows = (await readFile('/proc/diskstats', 'utf8'))
+    .split('\n')
+    .map((l: string) => l.trim().split(/\s+/))
+    .filter((f: string[]) => f.length >= 14 && !/^(loop|ram|sr)/.test(f[2]!));
+  return {
+    counters: rows.map((f: string[]) => [f[2], f[3], f[7], f[14] ?? ''].join(':')).join(' '),
+    inFlight: rows.reduce((n: number, f: string[]) => n + Number(f[11]), 0),
+  };
+}
+
+/**
+ * Before every timed run: `sync`, then wait until the disks are idle — nothing in flight and the
+ * counters unchanged for 0.5 s (at most 30 s). The file system here is mounted with `discard`:
+ * deleting the last run's synced 1.7 GB output sends discards that run for seconds after `sync`
+ * returns, and would otherwise land in whichever tool runs next.
+ */
 async function settle(): Promise<void> {
   await mustExec('sync', []);
-  await sleep(1000);
+  const deadline = Date.now() + 30_000;
+  let last = await diskActivity();
+  for (let quiet = 0; quiet < 5 && Date.now() < deadline; ) {
+    await sleep(100);
+    const now = await diskActivity();
+    quiet = now.counters === last.counters && now.inFlight === 0 ? quiet + 1 : 0;
+    last = now;
+  }
+  await sleep(500);
 }
 
 async function outputSize(path: string): Promise<{ fileBytes: number; allocatedBytes: number }> {
@@ -270,16 +297,21 @@ async function main(): Promise<void> {
       for (let i = 0; i < runs; i++) {
         const last = i === runs - 1;
         const line: string[] = [];
-        for (const [k, peer] of c.peers.entries()) {
-          const q = await runQemu(c, peer, src, qemuDst[k]!, clean);
-          qemu[k]!.push(q);
-          line.push(`qemu-img${peer.label} ${q.wall.toFixed(2)} s (+sync ${q.syncWall.toFixed(2)} s)`);
-          if (last) checks.push(...(await verify(`qemu-img${peer.label}`, c, qemuDst[k]!, false)));
-        }
+        const runPeers = async () => {
+          for (const [k, peer] of c.peers.entries()) {
+            const q = await runQemu(c, peer, src, qemuDst[k]!, clean);
+            qemu[k]!.push(q);
+            line.push(`qemu-img${peer.label} ${q.wall.toFixed(2)} s (+sync ${q.syncWall.toFixed(2)} s)`);
+            if (last) checks.push(...(await verify(`qemu-img${peer.label}`, c, qemuDst[k]!, false)));
+          }
+        };
+        // The order alternates from run to run, so neither tool always follows the other.
+        if (i % 2 === 0) await runPeers();
         const f = await runFerry(c, src, ferryDst, [], clean);
         ferry.push(f);
         line.push(`ferry ${f.wall.toFixed(2)} s`);
         if (last) checks.push(...(await verify('ferry', c, ferryDst, true)));
+        if (i % 2 === 1) await runPeers();
         if (hasSyncFlag) {
           const n = await runFerry(c, src, syncedDst, ['--sync'], clean);
           synced.push(n);
