@@ -109,6 +109,13 @@ export class FerryError extends Error {
   }
 }
 
+/** A failure as job records keep it: a FerryError's code, message and remedy; anything else is INTERNAL. */
+export function errorRecord(err: unknown): { code: string; message: string; remedy: string } {
+  return err instanceof FerryError
+    ? { code: err.code, message: err.message, remedy: err.remedy }
+    : { code: 'INTERNAL', message: (err as Error)?.message ?? String(err), remedy: 'Please report this bug.' };
+}
+
 /** A structural problem in an image: thrown while reading, collected while checking. */
 export function corrupt(message: string, details?: Record<string, unknown>): FerryError {
   return new FerryError('IMAGE_CORRUPT', message, {

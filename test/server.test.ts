@@ -123,10 +123,11 @@ test('the console page and the Prometheus metrics are served', async () => {
 });
 
 test('the console in headless Chromium: the job list, a job\'s rate chart and a failure\'s remedy; a screenshot', async () => {
-  // A larger import, sampled while it runs (every 100 ms here), gives the chart something to draw.
+  // A larger import (896 MiB: it must outlast the job record's 1 s progress interval), sampled while
+  // it runs (every 100 ms here), gives the chart something to draw.
   const big = join(dir, 'big.raw');
   const fd = openSync(big, 'w');
-  for (let i = 0; i < 48; i++) writeSync(fd, randomBytes(8 * 1024 * 1024));
+  for (let i = 0; i < 112; i++) writeSync(fd, randomBytes(8 * 1024 * 1024));
   closeSync(fd);
   const target = join(dir, 'big-copy.raw');
   assert.equal((await call('/api/jobs', { method: 'POST', body: { kind: 'import', source: big, target } })).status, 202);

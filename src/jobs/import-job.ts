@@ -12,7 +12,7 @@
 //   const { job, result } = await runImport({ source: 's3://b/disk.qcow2', target: '/dev/vdb' });
 import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { FerryError } from '../errors.js';
+import { FerryError, errorRecord } from '../errors.js';
 import type { ImageFormat } from '../image/types.js';
 import { PARTIAL_MARK } from '../io/sink.js';
 import { importImage, type ImportResult } from '../migrate/import.js';
@@ -239,7 +239,7 @@ async function runJob(jobs: JobStore, job: Job, opts: RunOptions, resuming: bool
         finished: new Date().toISOString(),
         rate: null,
         eta: null,
-        error: e ? { code: e.code, message: e.message, remedy: e.remedy } : { code: 'INTERNAL', message: (err as Error)?.message ?? String(err), remedy: 'Please report this bug.' },
+        error: errorRecord(err),
       };
       // Content that failed verification is not kept for a resume.
       if (e?.code === 'CHECKSUM_MISMATCH') {

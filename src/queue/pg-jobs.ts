@@ -205,6 +205,17 @@ export class PgJobs {
 
   /** Connects, creates Ferry's tables and pg-boss's schema when missing, and the import queue. */
   static async open(url: string): Promise<PgJobs> {
+    let parsed: URL | undefined;
+    try {
+      parsed = new URL(url);
+    } catch {
+      parsed = undefined;
+    }
+    if (!parsed || !/^postgres(ql)?:$/.test(parsed.protocol) || (!parsed.hostname && !parsed.searchParams.get('host'))) {
+      throw new FerryError('USAGE', `'${redactUrl(url)}' is not a PostgreSQL URL`, {
+        remedy: 'Give postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (--database or FERRY_DATABASE_URL).',
+      });
+    }
     let pg: typeof import('pg');
     let PgBossClass: typeof PgBoss;
     try {

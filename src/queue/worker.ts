@@ -9,7 +9,7 @@
 // was running when it died or was stopped, from their last checkpoint.
 import { hostname } from 'node:os';
 import type PgBoss from 'pg-boss';
-import { FerryError } from '../errors.js';
+import { FerryError, errorRecord } from '../errors.js';
 import { cancelJob, runImport, type JobOutcome } from '../jobs/import-job.js';
 import type { ImageFormat } from '../image/types.js';
 import { HEARTBEAT_MS, IMPORT_QUEUE, PgJobs, type JobUpdate, type PgJob } from './pg-jobs.js';
@@ -30,12 +30,6 @@ export interface WorkerOptions {
 }
 
 const REPORT_EVERY_MS = 1000;
-
-function errorDoc(err: unknown): { code: string; message: string; remedy: string } {
-  return err instanceof FerryError
-    ? { code: err.code, message: err.message, remedy: err.remedy }
-    : { code: 'INTERNAL', message: (err as Error)?.message ?? String(err), remedy: 'Please report this bug.' };
-}
 
 /** Runs until `signal` aborts; resolves once the running imports have stopped. */
 export async function runWorker(opts: WorkerOptions): Promise<void> {
@@ -113,7 +107,7 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
     }
     let final: JobUpdate;
     let event: 'succeeded' | 'failed' | 'cancelled';
-    let error: ReturnType<typeof errorDoc> | undefined;
+    let error: ReturnType<typeof errorRecord> | undefined;
     if (outcome.ok) {
       const r = outcome.result;
       final = { state: 'succeeded', bytesDone: r.virtualSize, bytesTotal: r.virtualSize, eta: 0, result: { ...r }, finished: true };
@@ -124,7 +118,7 @@ export async function runWorker(opts: WorkerOptions): Promise<void> {
       final = { state: 'cancelled', rate: null, eta: null, finished: true };
       event = 'cancelled';
     } else {
-      error = errorDoc(outcome.err);
+      error = errorRecord(outcome.err);
       final = { state: 'failed', rate: null, eta: null, error, finished: true };
       event = 'failed';
     }

@@ -158,7 +158,7 @@ export function registerWorkerCommand(program: Command): void {
       const { runWorker } = await import('../../queue/worker.js');
       const database = databaseUrl(flags.database);
       if (!database) throw new FerryError('USAGE', 'ferry worker needs the job database', { remedy: 'Give --database postgres://USER@HOST/DB or set FERRY_DATABASE_URL.' });
-      const concurrency = Number(flags.concurrency);
+      const concurrency = intArg(flags.concurrency, '--concurrency', 1, 64)!;
       const pollSeconds = Number(flags.poll);
       if (!(pollSeconds >= 0.5 && pollSeconds <= 600)) throw new FerryError('USAGE', `--poll must be 0.5..600 seconds, not ${flags.poll}`, { remedy: 'For example --poll 2.' });
       const { signal, dispose } = interruptSignal();
