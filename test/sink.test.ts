@@ -1,0 +1,96 @@
+// The file sink's write path: large writes are cut into pieces off the 1 MiB grid and written
+// several at once; the bytes that land must be exactly the bytes given, wherever they start, and a
+// failure is reported for the lowest offset.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { cutPieces, inParallel, joinAdjacent, openSink } from '../src/io/sink.js';
+
+const MiB = 1024 * 1024;
+
+test('cutPieces: pieces cover the bytes exactly, at most one piece long, cut only at odd multiples of half a piece', () => {
+  const size = MiB;
+  for (const position of [0, 512, 65536, 512 * 1024, MiB, 1.125 * MiB, 3 * MiB + 4096, 7 * MiB - 1]) {
+    for (const lengths of [[1], [4096], [MiB], [4 * MiB], [65536, 65536, 3 * MiB, 17], [2 * MiB + 1, 0, 5]]) {
+      const bufs = lengths.map((n) => randomBytes(n));
+      const pieces = cutPieces(bufs, position, size);
+      let at = position;
+      for (const [i, p] of pieces.entries()) {
+        assert.equal(p.at, at, 'pieces follow each other');
+        assert.equal(p.length, p.bufs.reduce((n, b) => n + b.length, 0));
+        assert.ok(p.length > 0 && p.length <= size, `piece of ${p.length} bytes`);
+        const end = p.at + p.length;
+        if (i < pieces.length - 1) assert.equal((end - size / 2) % size, 0, `cut at ${end}, not at an odd multiple of ${size / 2}`);
+        // No piece covers a whole aligned 1 MiB block.
+        assert.ok(Math.ceil(p.at / size) * size + size > end, `piece [${p.at}, ${end}) covers an aligned block`);
+        at = end;
+      }
+      const total = lengths.reduce((a, b) => a + b, 0);
+      assert.equal(at, position + total);
+      assert.ok(Buffer.concat(pieces.flatMap((p) => p.bufs)).equals(Buffer.concat(bufs)), 'same bytes, same order');
+    }
+  }
+});
+
+test('joinAdjacent: consecutive views of one block become one; others stay apart', () => {
+  const block = randomBytes(1000);
+  const other = randomBytes(10);
+  const joined = joinAdjacent([block.subarray(0, 100), block.subarray(100, 400), other, block.subarray(400, 500), block.subarray(600, 700)]);
+  assert.equal(joined.length, 4);
+  assert.ok(joined[0]!.equals(block.subarray(0, 400)));
+  assert.ok(Buffer.concat(joined).equals(Buffer.concat([block.subarray(0, 400), other, block.subarray(400, 500), block.subarray(600, 700)])));
+});
+
+test('inParallel: bounded, every item runs once, the lowest-offset failure is thrown after all settle', async () => {
+  let running = 0;
+  let peak = 0;
+  const seen: number[] = [];
+  const items = Array.from({ length: 20 }, (_, i) => ({ at: i * 10 }));
+  await inParallel(items, 3, async (it) => {
+    running++;
+    peak = Math.max(peak, running);
+    await new Promise((r) => setTimeout(r, 1 + (it.at % 7)));
+    seen.push(it.at);
+    running--;
+  });
+  assert.equal(peak, 3);
+  assert.deepEqual([...seen].sort((a, b) => a - b), items.map((i) => i.at));
+
+  let settled = 0;
+  await assert.rejects(
+    inParallel(items.slice(0, 4), 4, async (it) => {
+      await new Promise((r) => setTimeout(r, 40 - it.at)); // later offsets fail first
+      settled++;
+      if (it.at >= 10) throw new Error(`fail ${it.at}`);
+    }),
+    /fail 10/,
+  );
+  assert.equal(settled, 4, 'all started writes settled before the error');
+});
+
+test('a file sink writes large, unaligned, vectored writes byte for byte', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-sink-'));
+  try {
+    const path = join(dir, 'out.bin');
+    const sink = await openSink(path);
+    const expect = Buffer.alloc(12 * MiB);
+    const writes: [number, Buffer[]][] = [
+      [3, [randomBytes(5 * MiB + 7)]],
+      [5 * MiB + 10, [randomBytes(65536), randomBytes(3 * MiB), randomBytes(1)]],
+      [9 * MiB, [randomBytes(MiB)]],
+      [10 * MiB + 512, [randomBytes(2 * MiB - 512)]],
+    ];
+    for (const [at, bufs] of writes) {
+      Buffer.concat(bufs).copy(expect, at);
+      await sink.writev(bufs, at);
+    }
+    await sink.truncate(expect.length);
+    await sink.commit();
+    assert.ok(readFileSync(path).equals(expect));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
