@@ -69,6 +69,18 @@ test('inParallel: bounded, every item runs once, the lowest-offset failure is th
     /fail 10/,
   );
   assert.equal(settled, 4, 'all started writes settled before the error');
+
+  // After a failure no further item starts; a synchronous throw counts as that item's failure.
+  const started: number[] = [];
+  await assert.rejects(
+    inParallel(items, 2, (it) => {
+      started.push(it.at);
+      if (it.at === 30) throw new Error('sync fail 30');
+      return new Promise((r) => setTimeout(r, 5));
+    }),
+    /sync fail 30/,
+  );
+  assert.ok(started.length <= 5 && !started.includes(190), `started after the failure: ${started.join(',')}`);
 });
 
 test('a file sink writes large, unaligned, vectored writes byte for byte', async () => {
@@ -92,5 +104,44 @@ test('a file sink writes large, unaligned, vectored writes byte for byte', async
     assert.ok(readFileSync(path).equals(expect));
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+
+test('the raw writer writes runs concurrently only into sinks that allow it (uploads stream in order)', async () => {
+  /** Records how many writes overlap; an in-order sink (like an upload's) must never see two. */
+  class RecordingSink {
+    readonly path = 'recording';
+    readonly isBlockDevice = false;
+    readonly deviceSize = undefined;
+    inFlight = 0;
+    peak = 0;
+    bytes = new Map<number, Buffer>();
+    constructor(readonly concurrentWrites: boolean) {}
+    async write(buf: Buffer, position: number): Promise<void> {
+      this.inFlight++;
+      this.peak = Math.max(this.peak, this.inFlight);
+      await new Promise((r) => setTimeout(r, 1));
+      this.bytes.set(position, Buffer.from(buf));
+      this.inFlight--;
+    }
+    async writev(bufs: Buffer[], position: number): Promise<void> {
+      await this.write(Buffer.concat(bufs), position);
+    }
+    async truncate(): Promise<void> {}
+    async reserve(): Promise<void> {}
+    async commit(): Promise<void> {}
+    async abort(): Promise<void> {}
+  }
+  const { RawWriter } = await import('../src/image/raw-writer.js');
+  for (const concurrent of [false, true]) {
+    const sink = new RecordingSink(concurrent);
+    const w = new RawWriter({ sink, spec: { format: 'raw' }, sourceSize: MiB });
+    const runs = Array.from({ length: 64 }, (_, i) => ({ offset: i * 8192, length: 4096, data: randomBytes(4096), compressed: false }));
+    await w.write(runs);
+    assert.equal(sink.bytes.size, 64);
+    for (const r of runs) assert.ok(sink.bytes.get(r.offset)!.equals(r.data));
+    if (concurrent) assert.ok(sink.peak > 1, 'a file sink gets several runs at once');
+    else assert.equal(sink.peak, 1, 'an in-order sink got overlapping writes');
   }
 });

@@ -54,8 +54,12 @@ export class RawWriter implements ImageWriter {
       }
       return;
     }
-    // Into a new file the runs land between holes, each at its own offset: several at once.
-    await inParallel(runs.map((r) => ({ at: r.offset, data: r.data })), RUNS_IN_FLIGHT, (r) => this.sink.write(r.data, r.at));
+    if (!this.sink.concurrentWrites) {
+      for (const r of runs) await this.sink.write(r.data, r.offset);
+    } else {
+      // Into a file the runs land between holes, each at its own offset: several at once.
+      await inParallel(runs.map((r) => ({ at: r.offset, data: r.data })), RUNS_IN_FLIGHT, (r) => this.sink.write(r.data, r.at));
+    }
     const last = runs[runs.length - 1];
     if (last) this.pos = last.offset + last.length;
   }

@@ -17,6 +17,12 @@ export interface Sink {
   readonly isBlockDevice: boolean;
   /** Size of the device (block devices), or undefined for files. */
   readonly deviceSize: number | undefined;
+  /**
+   * Whether several write()/writev() calls may be in flight at once (each at its own position).
+   * Sinks that stream their bytes in order (an object upload, a remote receiver) leave it unset:
+   * callers then wait for each write before the next.
+   */
+  readonly concurrentWrites?: boolean;
   /** Writes all of `buf` at `position`. */
   write(buf: Buffer, position: number): Promise<void>;
   /** Writes several buffers back to back starting at `position`. */
@@ -108,6 +114,7 @@ function targetError(err: unknown, path: string, what: string): FerryError {
 const FLUSH_EVERY = 64 * 1024 * 1024;
 
 abstract class HandleSink implements Sink {
+  readonly concurrentWrites = true;
   protected closed = false;
   abstract readonly path: string;
   abstract readonly isBlockDevice: boolean;
@@ -492,7 +499,10 @@ export async function inParallel<T extends { at: number }>(items: T[], limit: nu
   let failure: { error: unknown; at: number } | undefined;
   for (const it of items) {
     if (failure) break;
-    const w: Promise<void> = fn(it).then(
+    // (a synchronous throw becomes this item's failure: started calls are still awaited)
+    const w: Promise<void> = Promise.resolve()
+      .then(() => fn(it))
+      .then(
       () => void running.delete(w),
       (error: unknown) => {
         running.delete(w);
