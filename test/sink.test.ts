@@ -7,30 +7,31 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { cutPieces, inParallel, joinAdjacent, openSink } from '../src/io/sink.js';
+import { CUT_OFFSET, WRITE_PIECE, cutPieces, inParallel, joinAdjacent, openSink } from '../src/io/sink.js';
 
 const MiB = 1024 * 1024;
 
-test('cutPieces: pieces cover the bytes exactly, at most one piece long, cut only at odd multiples of half a piece', () => {
-  const size = MiB;
-  for (const position of [0, 512, 65536, 512 * 1024, MiB, 1.125 * MiB, 3 * MiB + 4096, 7 * MiB - 1]) {
-    for (const lengths of [[1], [4096], [MiB], [4 * MiB], [65536, 65536, 3 * MiB, 17], [2 * MiB + 1, 0, 5]]) {
-      const bufs = lengths.map((n) => randomBytes(n));
-      const pieces = cutPieces(bufs, position, size);
-      let at = position;
-      for (const [i, p] of pieces.entries()) {
-        assert.equal(p.at, at, 'pieces follow each other');
-        assert.equal(p.length, p.bufs.reduce((n, b) => n + b.length, 0));
-        assert.ok(p.length > 0 && p.length <= size, `piece of ${p.length} bytes`);
-        const end = p.at + p.length;
-        if (i < pieces.length - 1) assert.equal((end - size / 2) % size, 0, `cut at ${end}, not at an odd multiple of ${size / 2}`);
-        // No piece covers a whole aligned 1 MiB block.
-        assert.ok(Math.ceil(p.at / size) * size + size > end, `piece [${p.at}, ${end}) covers an aligned block`);
-        at = end;
+test('cutPieces: pieces cover the bytes exactly, at most one piece long, cut only on the shifted grid; no piece covers an aligned block', () => {
+  for (const [size, offset] of [[WRITE_PIECE, CUT_OFFSET], [MiB, MiB / 2]] as const) {
+    for (const position of [0, 512, 65536, 512 * 1024, MiB, 1.125 * MiB, 2 * MiB + CUT_OFFSET, 3 * MiB + 4096, 7 * MiB - 1]) {
+      for (const lengths of [[1], [4096], [MiB], [4 * MiB], [65536, 65536, 3 * MiB, 17], [2 * MiB + 1, 0, 5], [9 * MiB]]) {
+        const bufs = lengths.map((n) => randomBytes(n));
+        const pieces = cutPieces(bufs, position, size, offset);
+        let at = position;
+        for (const [i, p] of pieces.entries()) {
+          assert.equal(p.at, at, 'pieces follow each other');
+          assert.equal(p.length, p.bufs.reduce((n, b) => n + b.length, 0));
+          assert.ok(p.length > 0 && p.length <= size, `piece of ${p.length} bytes`);
+          const end = p.at + p.length;
+          if (i < pieces.length - 1) assert.equal((end - offset) % size, 0, `cut at ${end}, not ${offset} past a multiple of ${size}`);
+          // No piece covers a whole aligned block of its size.
+          assert.ok(Math.ceil(p.at / size) * size + size > end, `piece [${p.at}, ${end}) covers an aligned block`);
+          at = end;
+        }
+        const total = lengths.reduce((a, b) => a + b, 0);
+        assert.equal(at, position + total);
+        assert.ok(Buffer.concat(pieces.flatMap((p) => p.bufs)).equals(Buffer.concat(bufs)), 'same bytes, same order');
       }
-      const total = lengths.reduce((a, b) => a + b, 0);
-      assert.equal(at, position + total);
-      assert.ok(Buffer.concat(pieces.flatMap((p) => p.bufs)).equals(Buffer.concat(bufs)), 'same bytes, same order');
     }
   }
 });

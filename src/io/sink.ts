@@ -148,7 +148,7 @@ abstract class HandleSink implements Sink {
   }
 
   async writev(bufs: Buffer[], position: number): Promise<void> {
-    const pieces = cutPieces(bufs, position, WRITE_PIECE);
+    const pieces = cutPieces(bufs, position, WRITE_PIECE, CUT_OFFSET);
     if (pieces.length === 1) return this.writePiece(pieces[0]!.bufs, position, pieces[0]!.length);
     await inParallel(pieces, PIECES_IN_FLIGHT, (p) => this.writePiece(p.bufs, p.at, p.length));
   }
@@ -424,32 +424,36 @@ const RESERVE_STEP = 64 * 1024 * 1024;
 const TIGHT_SPACE = 256 * 1024 * 1024;
 
 /**
- * Large writes reach the kernel in pieces of WRITE_PIECE bytes, up to PIECES_IN_FLIGHT at once, cut
- * where the position is an odd multiple of half a piece (…, 1.5 MiB, 2.5 MiB, …), never on a 1 MiB
- * boundary. Two reasons, both measured with `bench/convert` on the 2-core reference VM:
- * - several writes queued on the thread pool keep the kernel copying while the event loop turns
+ * Large writes reach the kernel in pieces of at most WRITE_PIECE bytes, PIECES_IN_FLIGHT at once,
+ * cut where the file position is CUT_OFFSET past a multiple of WRITE_PIECE (…, 2 MiB + 64 KiB,
+ * 4 MiB + 64 KiB, …), so that no piece covers a whole aligned 2 MiB block. Both measured with
+ * `bench/convert` and A/B runs on the 2-core reference VM:
+ * - a second write queued on the thread pool keeps the kernel copying while the event loop turns
  *   round (one 4 MiB write at a time left the copy idle between chunks);
- * - the page cache sizes its folios after the write: a write covering a whole aligned 1 or 2 MiB
- *   block gets a folio that large, and on VMs that hand free memory back to the host (free page
- *   reporting, e.g. Firecracker, cloud VMs) filling such folios was 2-5x slower than smaller ones
- *   (1.6 GB in aligned 2 MiB writes: 3.4 s; the same in writes off the 2 MiB grid: 0.6 s).
+ * - the page cache sizes its folios after each write, and on VMs that hand free memory back to the
+ *   host (free page reporting: Firecracker, many cloud VMs) some write shapes fill far slower than
+ *   others: 1.6 GB in aligned 2 MiB writes took 3.4 s, the same writes shifted off the 2 MiB grid
+ *   0.6 s. Of the shapes tried for raw → qcow2 (same run, 3 runs each; qemu-img 0.85–1.17 s):
+ *   2 MiB pieces shifted by 64 KiB, 2 at once 0.94–1.21 s; shifted by 1 MiB 1.85–2.12 s; 1 MiB
+ *   pieces shifted by 512 KiB, 4 at once 1.62–1.77 s; 256 KiB pieces 1.82–1.85 s; whole 4 MiB
+ *   writes ~2.5 s.
  */
-const WRITE_PIECE = 1024 * 1024;
-const PIECES_IN_FLIGHT = 4;
+export const WRITE_PIECE = 2 * 1024 * 1024;
+export const CUT_OFFSET = 64 * 1024;
+const PIECES_IN_FLIGHT = 2;
 
 /**
  * Cuts the bytes of `bufs`, to be written at `position`, into pieces of at most `size` bytes that
- * end where the file position is an odd multiple of size/2 (the last one where the bytes end).
- * Buffers that are consecutive views of one memory block are joined (fewer iovecs).
+ * end where the file position is `offset` past a multiple of `size` (the last one where the bytes
+ * end). Buffers that are consecutive views of one memory block are joined (fewer iovecs).
  */
-export function cutPieces(bufs: Buffer[], position: number, size: number): { bufs: Buffer[]; at: number; length: number }[] {
-  const half = size / 2;
+export function cutPieces(bufs: Buffer[], position: number, size: number, offset: number): { bufs: Buffer[]; at: number; length: number }[] {
   const pieces: { bufs: Buffer[]; at: number; length: number }[] = [];
   let cur: Buffer[] = [];
   let curAt = position;
   let curLen = 0;
   // Bytes from `at` to the next cut point.
-  const room = (at: number) => (Math.floor((at - half) / size) + 1) * size + half - at;
+  const room = (at: number) => (Math.floor((at - offset) / size) + 1) * size + offset - at;
   let limit = room(curAt);
   for (const b of bufs) {
     let from = 0;
