@@ -28,8 +28,8 @@ export const CHECKPOINT_BYTES = 32 * 1024 * 1024;
  * raw, nothing to compress), since a killed job fetches what was in flight again.
  */
 const IN_FLIGHT_BYTES = 16 * 1024 * 1024;
-/** How often progress is written to the job record. */
-const PROGRESS_EVERY_MS = 1000;
+/** How often progress is written to the job record (FERRY_PROGRESS_MS, at least 100: tests). */
+const PROGRESS_EVERY_MS = Math.max(100, Number(process.env.FERRY_PROGRESS_MS) || 1000);
 
 export interface ImportJobSpec {
   source: string;
