@@ -504,15 +504,13 @@ export async function inParallel<T extends { at: number }>(items: T[], limit: nu
   for (const it of items) {
     if (failure) break;
     // (a synchronous throw becomes this item's failure: started calls are still awaited)
+    const settle = (error?: { error: unknown }) => {
+      running.delete(w);
+      if (error && (!failure || it.at < failure.at)) failure = { error: error.error, at: it.at };
+    };
     const w: Promise<void> = Promise.resolve()
       .then(() => fn(it))
-      .then(
-      () => void running.delete(w),
-      (error: unknown) => {
-        running.delete(w);
-        if (!failure || it.at < failure.at) failure = { error, at: it.at };
-      },
-    );
+      .then(() => settle(), (error: unknown) => settle({ error }));
     running.add(w);
     if (running.size >= limit) await Promise.race(running);
   }
