@@ -168,15 +168,20 @@ export class S3Store implements ObjectStore {
   }
 
   async getRange(key: string, offset: number, length: number, signal?: AbortSignal): Promise<Buffer> {
-    if (length <= 0) return Buffer.alloc(0);
+    const pieces = await this.getRangePieces(key, offset, length, signal);
+    return pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
+  }
+
+  async getRangePieces(key: string, offset: number, length: number, signal?: AbortSignal): Promise<Buffer[]> {
+    if (length <= 0) return [];
     try {
       const { client, s3 } = await this.connect();
       const r = await client.send(new s3.GetObjectCommand({ Bucket: this.bucket, Key: key, Range: `bytes=${offset}-${offset + length - 1}` }), signal ? { abortSignal: signal } : {});
-      const bytes = await readBody(r.Body as AsyncIterable<Uint8Array>, length);
-      this.bytesRead += bytes.length;
-      return bytes;
+      const pieces = await bodyPieces(r.Body as AsyncIterable<Uint8Array>, length);
+      for (const p of pieces) this.bytesRead += p.length;
+      return pieces;
     } catch (err) {
-      if (status(err) === 416) return Buffer.alloc(0);
+      if (status(err) === 416) return [];
       throw this.translate(err, `reading ${this.name}/${key} (bytes ${offset}..${offset + length})`, key);
     }
   }
@@ -401,13 +406,17 @@ function isNoSuchBucket(err: unknown): boolean {
  * Reads a response body into one buffer of the expected length (one copy per network chunk,
  * instead of collecting the chunks and concatenating them). A longer body is cut at `length`.
  */
-async function readBody(body: AsyncIterable<Uint8Array>, length: number): Promise<Buffer> {
-  const out = Buffer.allocUnsafeSlow(length);
+/** A response body as the buffers it arrived in (at most `length` bytes; the HTTP parser gives each its own). */
+async function bodyPieces(body: AsyncIterable<Uint8Array>, length: number): Promise<Buffer[]> {
+  const pieces: Buffer[] = [];
   let at = 0;
   for await (const chunk of body) {
     const n = Math.min(chunk.length, length - at);
-    if (n > 0) out.set(n === chunk.length ? chunk : chunk.subarray(0, n), at);
+    if (n > 0) {
+      const b = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+      pieces.push(n === b.length ? b : b.subarray(0, n));
+    }
     at += n;
   }
-  return at === length ? out : out.subarray(0, at);
+  return pieces;
 }

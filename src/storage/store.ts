@@ -35,6 +35,12 @@ export interface ObjectStore {
   head(key: string): Promise<ObjectInfo | undefined>;
   /** Reads [offset, offset+length) of the object (clamped to its end). */
   getRange(key: string, offset: number, length: number, signal?: AbortSignal): Promise<Buffer>;
+  /**
+   * The same bytes as the pieces they arrived in, in order (no copy into one buffer: large
+   * sequential readers copy each byte once, straight to where it goes). Optional; without it
+   * readers use getRange.
+   */
+  getRangePieces?(key: string, offset: number, length: number, signal?: AbortSignal): Promise<Buffer[]>;
   /** Stores a small object in one request (with Content-MD5). */
   put(key: string, body: Buffer, contentType?: string): Promise<void>;
   delete(key: string): Promise<void>;
