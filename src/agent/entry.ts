@@ -4,9 +4,10 @@
 import { setFlagsFromString } from 'node:v8';
 import { run } from '../cli/main.js';
 
-// As bin/ferry.js does (see there): the heap may grow 5x its live size between full collections,
-// so streaming disks over the network does not trigger one every few megabytes.
-setFlagsFromString('--heap-growing-percent=400');
+// As bin/ferry.js does for commands that receive bulk data (see there): the heap may grow 5x its
+// live size between full collections, so receiving over the network does not trigger one every
+// few megabytes.
+if (['import', 'download', 'receive'].includes(process.argv[2] ?? '')) setFlagsFromString('--heap-growing-percent=400');
 
 run(process.argv.slice(2)).then(
   (code) => {
