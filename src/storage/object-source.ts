@@ -5,8 +5,8 @@
 // up to 32 MiB. Retries with backoff come from the store (the SDK's standard retry mode).
 // A run is kept as the pieces its response arrived in (when the store gives them: S3), so each
 // byte is copied once, from the HTTP parser's buffer to the reader's — no 8 MiB buffer per
-// request to fill and then drop (measured on a 1.1 GB import: a third fewer full garbage
-// collections, 0.3 s less copying on the main thread).
+// request to fill and then drop (measured on a 1.1 GB import: full garbage collections 90 -> 69,
+// ~0.3 s less copying on the main thread).
 import { FerryError } from '../errors.js';
 import type { ByteSource } from '../io/byte-source.js';
 import type { ObjectStore } from './store.js';
@@ -56,11 +56,10 @@ class Run {
   }
 }
 
-/** A cached block: bytes [from, to) of a run. */
+/** A cached block: its run and where the block starts in it (a block ends BLOCK later or at the run's end). */
 interface Block {
   run: Run;
   from: number;
-  to: number;
 }
 
 export class ObjectSource implements ByteSource {
@@ -119,7 +118,7 @@ export class ObjectSource implements ByteSource {
     run.catch(() => {});
     for (let i = 0; i < count; i++) {
       const b = first + i;
-      const p = run.then((r) => ({ run: r, from: i * BLOCK, to: Math.min((i + 1) * BLOCK, r.length) }));
+      const p = run.then((r): Block => ({ run: r, from: i * BLOCK }));
       p.catch(() => this.cache.delete(b)); // a failed block is fetched again next time
       this.cache.set(b, p);
     }
