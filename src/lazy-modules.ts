@@ -18,6 +18,7 @@ export const sqlite: () => typeof BetterSqlite3 = lazy('better-sqlite3');
 export const cliProgress = lazy<typeof CliProgress>('cli-progress');
 export const zstd = lazy<typeof import('zstd-napi/binding.js')>('zstd-napi/binding.js');
 export type ZstdCCtx = InstanceType<ReturnType<typeof zstd>['CCtx']>;
+export type ZstdDCtx = InstanceType<ReturnType<typeof zstd>['DCtx']>;
 export const fsExt = lazy<typeof import('fs-ext')>('fs-ext');
 
 /** native/ (built by setup when a compiler is there): inflate into a given buffer, fallocate(2). */

@@ -15,7 +15,7 @@ import { FerryError } from '../errors.js';
 import { stateDir } from '../transfer/checkpoint.js';
 import { canonicalTarget } from '../jobs/target-lock.js';
 import { newToken, receiverIdentity, tokensEqual } from './identity.js';
-import { unpackChunk } from './pack.js';
+import { StreamUnpacker, unpackChunk } from './pack.js';
 import { mergeRanges, type Range } from './ranges.js';
 import {
   CHUNK_SIZE,
@@ -206,9 +206,11 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
       }
     }
     const chunk = Buffer.allocUnsafe(CHUNK_SIZE);
+    // This connection's compressed stream: its chunks are decoded in the order they arrive.
+    const stream = new StreamUnpacker();
     for (let f = await reader.next(); f; f = await reader.next()) {
       try {
-        await handle(socket, f, mapped, chunk);
+        await handle(socket, f, mapped, chunk, stream);
       } catch (err) {
         if (err instanceof FerryError) return fail(socket, err);
         throw err;
@@ -217,13 +219,13 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
     emit({ event: 'closed', remote: socket.remoteAddress, role: h.role });
   }
 
-  async function handle(socket: TLSSocket, f: Frame, mapped: OpenDisk[], chunk: Buffer): Promise<void> {
+  async function handle(socket: TLSSocket, f: Frame, mapped: OpenDisk[], chunk: Buffer, stream: StreamUnpacker): Promise<void> {
     if (f.type === 'D') {
       const { header: h, payload } = decodeData(f.payload);
       const d = mapped[h.disk];
       if (!d) throw protocolError(`data for disk #${h.disk}, which this connection did not open`);
       if (h.offset % CHUNK_SIZE !== 0 || h.offset + h.length > d.size) throw protocolError(`data outside disk ${d.name} (offset ${h.offset}, ${h.length} bytes)`);
-      unpackChunk(chunk, h.length, h.ranges, h.codec, payload, h.digest);
+      unpackChunk(chunk, h.length, h.ranges, h.codec, payload, h.digest, stream);
       // The chunk is being rewritten: until it is on the disk, it is not known.
       forget.run(d.target, h.offset);
       for (const r of mergeRanges(h.ranges)) {

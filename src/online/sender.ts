@@ -24,7 +24,7 @@ import { readVirtual } from '../image/read.js';
 import { RateLimiter } from '../transfer/rate-limit.js';
 import { mapDisk, type DiskMap, type RegionInfo } from './disk-map.js';
 import { normaliseFingerprint } from './identity.js';
-import { packChunk } from './pack.js';
+import { StreamPacker } from './pack.js';
 import { clipRanges, type Range } from './ranges.js';
 import { CHUNK_SIZE, FrameReader, PROTOCOL_VERSION, chunkDigest, decodeAck, decodeKnown, encodeDataHeader, json, protocolError, sendFrame, type Frame } from './wire.js';
 
@@ -393,13 +393,22 @@ async function sendRound(
     emit({ event: 'progress', round, chunksDone, chunks: all.length, bytesSent, dataBytes, rate, ...(chunksDone > 0 ? { etaSeconds: (left * secs) / chunksDone } : {}) });
   };
 
+  // Each stream takes runs of consecutive chunks: its compressor then has neighbouring data as
+  // context (a stream sees one run after another, not every fourth chunk).
+  const RUN = 16;
   const worker = async (n: number) => {
     let conn: Conn | undefined;
+    let packer: StreamPacker | undefined;
+    let run: ChunkJob[] = [];
+    const next = (): ChunkJob | undefined => {
+      if (run.length === 0) run = queue.splice(0, RUN);
+      return run.shift();
+    };
     let giveUpAt = deadline();
     let attempt = 0;
     while (!failure) {
       if (opts.signal?.aborted) throw new FerryError('INTERRUPTED', 'the migration was interrupted', { remedy: 'Run the same command again: it resumes, sending only what the receiver does not hold.' });
-      const job = retry.shift() ?? queue.shift();
+      const job = retry.shift() ?? next();
       if (!job) break;
       const s = sources[job.disk]!;
       const data = await readChunk(s.image, job);
@@ -411,11 +420,14 @@ async function sendRound(
         progress();
         continue;
       }
-      const packed = packChunk(data, job.ranges, level, digestBytes);
-      const header = encodeDataHeader({ disk: job.disk, offset: job.offset, length: job.length, codec: packed.codec, digest: packed.digest, ranges: job.ranges });
-      const body = Buffer.concat([header, packed.payload]);
       try {
-        conn ??= await open(opts, 'data', hello);
+        if (!conn) {
+          conn = await open(opts, 'data', hello);
+          packer = new StreamPacker(level); // the receiver starts a new stream with each connection
+        }
+        const packed = packer!.pack(data, job.ranges, digestBytes);
+        const header = encodeDataHeader({ disk: job.disk, offset: job.offset, length: job.length, codec: packed.codec, digest: packed.digest, ranges: job.ranges });
+        const body = Buffer.concat([header, packed.payload]);
         await limiter?.take(body.length, opts.signal);
         await sendFrame(conn.socket, 'D', body);
         const ack = decodeAck((await expect(conn, 'A')).payload);
@@ -431,6 +443,7 @@ async function sendRound(
       } catch (err) {
         conn?.socket.destroy();
         conn = undefined;
+        packer = undefined;
         const fe = err instanceof FerryError ? err : undefined;
         // Refusals are final; a lost connection is retried (the chunk goes back in the queue).
         if (fe && !['RECEIVER_UNREACHABLE', 'PROTOCOL_ERROR'].includes(fe.code)) {

@@ -7,7 +7,11 @@
 //   'K' known      receiver → sender   [u16 disk][u32 count] count × (u64 chunk offset, 32-byte digest)
 //   'D' data       sender → receiver   [u16 disk][u64 offset][u32 chunk length][u8 codec][32 digest]
 //                                      [u32 ranges][ranges × (u32 start, u32 length) in the chunk]
-//                                      [payload: the ranges' bytes back to back, raw or one zstd frame]
+//                                      [payload: the ranges' bytes back to back: raw, one zstd frame,
+//                                       or (codec 2) the next flushed piece of the connection's zstd
+//                                       stream — one stream per data connection, begun with it, so
+//                                       a chunk is compressed with the chunks sent before it as
+//                                       context; the receiver decodes a connection's chunks in order]
 //   'A' ack        receiver → sender   [u16 disk][u64 offset]  (written and its digest checked)
 //   'V' verify     sender → receiver   {disk, chunks: [[offset, digestHex]…]} → 'R' {mismatches, checked}
 //   'S' sync       sender → receiver   {} → 's' {} once every disk is flushed to stable storage
@@ -21,12 +25,15 @@ import type { Socket } from 'node:net';
 import { FerryError } from '../errors.js';
 import type { Range } from './ranges.js';
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const CHUNK_SIZE = 1024 * 1024;
 /** Bound on any frame: a chunk's data plus its header and a full range list. */
 export const MAX_FRAME = CHUNK_SIZE + 64 * 1024 + 8 * (CHUNK_SIZE / 512);
 export const CODEC_RAW = 0;
 export const CODEC_ZSTD = 1;
+export const CODEC_ZSTD_STREAM = 2;
+/** Window of a connection's zstd stream (8 MiB: the receiver holds no more per connection). */
+export const STREAM_WINDOW_LOG = 23;
 
 export type FrameType = 'H' | 'W' | 'K' | 'D' | 'A' | 'V' | 'R' | 'S' | 's' | 'E';
 
@@ -194,7 +201,7 @@ export function decodeData(p: Buffer): { header: DataHeader; payload: Buffer } {
   const digest = p.subarray(15, 47);
   const count = p.readUInt32BE(47);
   if (length === 0 || length > CHUNK_SIZE || !Number.isSafeInteger(offset)) throw protocolError(`a data frame has a bad chunk (offset ${offset}, length ${length})`);
-  if (codec !== CODEC_RAW && codec !== CODEC_ZSTD) throw protocolError(`a data frame has an unknown codec ${codec}`);
+  if (codec !== CODEC_RAW && codec !== CODEC_ZSTD && codec !== CODEC_ZSTD_STREAM) throw protocolError(`a data frame has an unknown codec ${codec}`);
   if (count > length / 512 + 1 || 51 + 8 * count > p.length) throw protocolError(`a data frame has a bad range count ${count}`);
   const ranges: Range[] = [];
   let end = 0;
