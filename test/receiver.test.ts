@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type TLSSocket } from 'node:tls';
 import { startReceiver, type Receiver } from '../src/online/receiver.js';
-import { FrameReader, CODEC_RAW, chunkDigest, encodeDataHeader, frame, sendFrame } from '../src/online/wire.js';
+import { FrameReader, CODEC_RAW, PROTOCOL_VERSION, chunkDigest, encodeDataHeader, frame, sendFrame } from '../src/online/wire.js';
 
 const MiB = 1024 * 1024;
 let dir = '';
@@ -42,7 +42,7 @@ async function session(token = 'secret-token'): Promise<{ socket: TLSSocket; rea
   });
   assert.equal(socket.getPeerX509Certificate()?.fingerprint256, rx.fingerprint);
   const reader = new FrameReader(socket);
-  await sendFrame(socket, 'H', { version: 1, token, role: 'data', disks: [{ name: 'd', size: 4 * MiB }] });
+  await sendFrame(socket, 'H', { version: PROTOCOL_VERSION, token, role: 'data', disks: [{ name: 'd', size: 4 * MiB }] });
   const w = await reader.next();
   return { socket, reader, welcome: w ? `${w.type}:${w.payload.toString()}` : 'closed' };
 }
@@ -114,7 +114,7 @@ test('an unknown disk name, a too-small block device and a mounted disk are refu
   });
   const reader = new FrameReader(s);
   // A file target grows to the source size; a name the receiver does not have is refused.
-  await sendFrame(s, 'H', { version: 1, token: 'secret-token', role: 'data', disks: [{ name: 'nope', size: MiB }] });
+  await sendFrame(s, 'H', { version: PROTOCOL_VERSION, token: 'secret-token', role: 'data', disks: [{ name: 'nope', size: MiB }] });
   const f = await reader.next();
   s.destroy();
   assert.equal(f?.type, 'E');
@@ -131,7 +131,7 @@ test('an unknown disk name, a too-small block device and a mounted disk are refu
         x.once('error', reject);
       });
       const r = new FrameReader(c);
-      await sendFrame(c, 'H', { version: 1, token: 't', role: 'data', disks: [{ name: 's', size: 4 * MiB }] });
+      await sendFrame(c, 'H', { version: PROTOCOL_VERSION, token: 't', role: 'data', disks: [{ name: 's', size: 4 * MiB }] });
       const e = await r.next();
       c.destroy();
       assert.equal(e?.type, 'E');
