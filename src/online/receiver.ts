@@ -71,19 +71,32 @@ interface OpenDisk {
   /** Bytes written since the last flush began, and the flush running in the background. */
   unflushed: number;
   flushing?: Promise<void> | undefined;
+  /** Chunks written since the last background flush began: offset → digest (hex). */
+  pending: Map<number, string>;
+  /** Chunks re-read after a background flush and found as written: offset → digest (hex). */
+  verified: Map<number, string>;
+  /** The background re-reading of flushed chunks, in order. */
+  verifying?: Promise<void> | undefined;
 }
 
 /** Written bytes after which a background flush starts (so the final one finds little to do). */
-const FLUSH_EVERY = 64 * 1024 * 1024;
+const FLUSH_EVERY = 16 * 1024 * 1024;
 
-function wrote(d: OpenDisk, n: number): void {
+/**
+ * Counts written bytes; when a background flush starts, returns the chunks written before it
+ * (to re-read once it is done: the final verification then finds them checked already).
+ */
+function wrote(d: OpenDisk, n: number): Map<number, string> | undefined {
   d.unflushed += n;
-  if (d.unflushed < FLUSH_EVERY || d.flushing) return;
+  if (d.unflushed < FLUSH_EVERY || d.flushing) return undefined;
   d.unflushed = 0;
+  const batch = d.pending;
+  d.pending = new Map();
   d.flushing = d.handle
     .datasync()
     .catch(() => {}) // the final, awaited flush reports errors
     .finally(() => (d.flushing = undefined));
+  return batch;
 }
 
 const SEEK_END = 2;
@@ -114,7 +127,7 @@ async function openDisk(d: ReceiveDisk): Promise<OpenDisk> {
     throw new FerryError('TARGET_NOT_WRITABLE', `disk ${d.name}: cannot open ${d.path} for writing (${code})`, { remedy: 'Run the receiver as root (block devices) or fix the permissions.' });
   }
   const size = isDevice ? Number(fsExt().seekSync(handle.fd, 0, SEEK_END)) : st.size;
-  return { name: d.name, path: d.path, target: await canonicalTarget(d.path), handle, size, isDevice, unflushed: 0 };
+  return { name: d.name, path: d.path, target: await canonicalTarget(d.path), handle, size, isDevice, unflushed: 0, pending: new Map(), verified: new Map() };
 }
 
 export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
@@ -219,6 +232,34 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
     emit({ event: 'closed', remote: socket.remoteAddress, role: h.role });
   }
 
+  /** Digest (hex) of what the disk holds in a chunk's recorded ranges (read into `buf`). */
+  async function readDigest(d: OpenDisk, offset: number, rangeList: Buffer, buf: Buffer): Promise<string> {
+    const ranges: Range[] = [];
+    for (let i = 0; i + 8 <= rangeList.length; i += 8) ranges.push({ offset: rangeList.readUInt32BE(i), length: rangeList.readUInt32BE(i + 4) });
+    const view = buf.subarray(0, Math.min(CHUNK_SIZE, d.size - offset));
+    view.fill(0);
+    for (const r of ranges) await d.handle.read(view, r.offset, r.length, offset + r.offset);
+    return chunkDigest(ranges, view).toString('hex');
+  }
+
+  /**
+   * Re-reads chunks once a background flush that followed them is done, and notes those found as
+   * written. A chunk rewritten meanwhile is noted with the digest it had (or not at all), which
+   * the final check does not take for the one it asks about: it re-reads such chunks itself.
+   */
+  async function verifyFlushed(d: OpenDisk, batch: Map<number, string>): Promise<void> {
+    const buf = Buffer.allocUnsafe(CHUNK_SIZE);
+    for (const [offset, digest] of batch) {
+      const row = rangesOf.get(d.target, offset) as { ranges: Buffer; digest: Buffer } | undefined;
+      if (!row || row.digest.toString('hex') !== digest) continue;
+      try {
+        if ((await readDigest(d, offset, row.ranges, buf)) === digest) d.verified.set(offset, digest);
+      } catch {
+        // left to the final check, which reports it
+      }
+    }
+  }
+
   async function handle(socket: TLSSocket, f: Frame, mapped: OpenDisk[], chunk: Buffer, stream: StreamUnpacker): Promise<void> {
     if (f.type === 'D') {
       const { header: h, payload } = decodeData(f.payload);
@@ -228,17 +269,27 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
       unpackChunk(chunk, h.length, h.ranges, h.codec, payload, h.digest, stream);
       // The chunk is being rewritten: until it is on the disk, it is not known.
       forget.run(d.target, h.offset);
+      d.verified.delete(h.offset);
       for (const r of mergeRanges(h.ranges)) {
         await d.handle.write(chunk, r.offset, r.length, h.offset + r.offset);
-        wrote(d, r.length);
+        const batch = wrote(d, r.length);
+        if (batch) {
+          const flushed = d.flushing;
+          d.verifying = (d.verifying ?? Promise.resolve()).then(async () => {
+            await flushed;
+            await verifyFlushed(d, batch);
+          });
+        }
       }
       record.run(d.target, h.offset, rangeBytes(h.ranges), h.digest);
+      d.pending.set(h.offset, h.digest.toString('hex'));
       await sendFrame(socket, 'A', encodeAck(h.disk, h.offset));
     } else if (f.type === 'S') {
       for (const d of mapped) {
         await d.flushing;
         await d.handle.datasync();
         d.unflushed = 0;
+        await d.verifying;
       }
       await sendFrame(socket, 's', {});
     } else if (f.type === 'V') {
@@ -252,13 +303,9 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
           mismatches.push({ offset, reason: 'never written' });
           continue;
         }
-        const ranges: Range[] = [];
-        for (let i = 0; i + 8 <= row.ranges.length; i += 8) ranges.push({ offset: row.ranges.readUInt32BE(i), length: row.ranges.readUInt32BE(i + 4) });
-        const length = Math.min(CHUNK_SIZE, d.size - offset);
-        const view = chunk.subarray(0, length);
-        view.fill(0);
-        for (const r of ranges) await d.handle.read(view, r.offset, r.length, offset + r.offset);
-        const got = chunkDigest(ranges, view).toString('hex');
+        // Re-read after a background flush and found as written, and recorded so since.
+        if (d.verified.get(offset) === want && row.digest.toString('hex') === want) continue;
+        const got = await readDigest(d, offset, row.ranges, chunk);
         if (got !== want) {
           const held = got === row.digest.toString('hex');
           mismatches.push({ offset, reason: held ? 'the source changed since it was sent' : 'the disk does not hold what was written' });
