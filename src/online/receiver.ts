@@ -6,6 +6,9 @@
 // per target: chunk offset, range list, digest), which is what lets a sender resume after a
 // dropped connection or a restart, and send only changed chunks in later rounds. Rejected clients
 // (not TLS, wrong token) are logged with their address; tokens are never logged.
+// Verification: the disk is flushed every 16 MiB written, and the chunks written before each flush
+// are then re-read in the background and checked against their digests; the sender's final
+// verify request re-reads only the chunks not checked that way (the last few, or rewritten ones).
 import { constants, type FileHandle, open, stat } from 'node:fs/promises';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';

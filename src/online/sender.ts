@@ -332,7 +332,8 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateReport> {
       }
     }
 
-    // Verification: the receiver flushes, re-reads every chunk and compares digests.
+    // Verification: the receiver flushes and compares every chunk's digest with what its disk
+    // holds (re-read after a flush: most chunks in the background during the transfer).
     if (control.socket.destroyed) control = await open(opts, 'control', hello);
     await sendFrame(control.socket, 'S', {});
     await expect(control, 's');
