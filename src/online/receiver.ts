@@ -74,12 +74,29 @@ interface OpenDisk {
   /** Bytes written since the last flush began, and the flush running in the background. */
   unflushed: number;
   flushing?: Promise<void> | undefined;
-  /** Chunks written since the last background flush began: offset → digest (hex). */
-  pending: Map<number, string>;
-  /** Chunks re-read after a background flush and found as written: offset → digest (hex). */
-  verified: Map<number, string>;
+  /** Chunks (offsets) written since the last background flush began. */
+  pending: number[];
+  /**
+   * Per chunk: how many times a write of it began (`written`), and the count at which it was
+   * re-read after a flush and found as written (`checked`; 0: never). Equal non-zero counts mean
+   * the disk held the chunk's recorded content after its last write. 8 bytes per MiB of disk.
+   */
+  written: Uint32Array;
+  checked: Uint32Array;
   /** The background re-reading of flushed chunks, in order. */
   verifying?: Promise<void> | undefined;
+}
+
+/** Makes the per-chunk counters cover a disk of `size` bytes (it may have grown). */
+function coverChunks(d: OpenDisk): void {
+  const n = Math.ceil(d.size / CHUNK_SIZE);
+  if (d.written.length >= n) return;
+  const w = new Uint32Array(n);
+  const c = new Uint32Array(n);
+  w.set(d.written);
+  c.set(d.checked);
+  d.written = w;
+  d.checked = c;
 }
 
 /** Written bytes after which a background flush starts (so the final one finds little to do). */
@@ -89,12 +106,12 @@ const FLUSH_EVERY = 16 * 1024 * 1024;
  * Counts written bytes; when a background flush starts, returns the chunks written before it
  * (to re-read once it is done: the final verification then finds them checked already).
  */
-function wrote(d: OpenDisk, n: number): Map<number, string> | undefined {
+function wrote(d: OpenDisk, n: number): number[] | undefined {
   d.unflushed += n;
   if (d.unflushed < FLUSH_EVERY || d.flushing) return undefined;
   d.unflushed = 0;
   const batch = d.pending;
-  d.pending = new Map();
+  d.pending = [];
   d.flushing = d.handle
     .datasync()
     .catch(() => {}) // the final, awaited flush reports errors
@@ -130,7 +147,7 @@ async function openDisk(d: ReceiveDisk): Promise<OpenDisk> {
     throw new FerryError('TARGET_NOT_WRITABLE', `disk ${d.name}: cannot open ${d.path} for writing (${code})`, { remedy: 'Run the receiver as root (block devices) or fix the permissions.' });
   }
   const size = isDevice ? Number(fsExt().seekSync(handle.fd, 0, SEEK_END)) : st.size;
-  return { name: d.name, path: d.path, target: await canonicalTarget(d.path), handle, size, isDevice, unflushed: 0, pending: new Map(), verified: new Map() };
+  return { name: d.name, path: d.path, target: await canonicalTarget(d.path), handle, size, isDevice, unflushed: 0, pending: [], written: new Uint32Array(0), checked: new Uint32Array(0) };
 }
 
 export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
@@ -246,19 +263,22 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
   }
 
   /**
-   * Re-reads chunks once a background flush that followed them is done, and notes those found as
-   * written. A chunk rewritten meanwhile is noted with the digest it had (or not at all), which
-   * the final check does not take for the one it asks about: it re-reads such chunks itself.
+   * Re-reads chunks once a background flush that followed them is done, and marks those found
+   * holding their recorded content — unless a write of the chunk began meanwhile (then the final
+   * check re-reads it). Failures leave chunks to the final check, which reports them.
    */
-  async function verifyFlushed(d: OpenDisk, batch: Map<number, string>): Promise<void> {
+  async function verifyFlushed(d: OpenDisk, batch: number[]): Promise<void> {
     const buf = Buffer.allocUnsafe(CHUNK_SIZE);
-    for (const [offset, digest] of batch) {
-      const row = rangesOf.get(d.target, offset) as { ranges: Buffer; digest: Buffer } | undefined;
-      if (!row || row.digest.toString('hex') !== digest) continue;
+    for (const offset of batch) {
+      const i = offset / CHUNK_SIZE;
+      const generation = d.written[i]!;
       try {
-        if ((await readDigest(d, offset, row.ranges, buf)) === digest) d.verified.set(offset, digest);
+        const row = rangesOf.get(d.target, offset) as { ranges: Buffer; digest: Buffer } | undefined;
+        if (!row) continue;
+        const got = await readDigest(d, offset, row.ranges, buf);
+        if (d.written[i] === generation && got === row.digest.toString('hex')) d.checked[i] = generation;
       } catch {
-        // left to the final check, which reports it
+        return;
       }
     }
   }
@@ -272,20 +292,23 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
       unpackChunk(chunk, h.length, h.ranges, h.codec, payload, h.digest, stream);
       // The chunk is being rewritten: until it is on the disk, it is not known.
       forget.run(d.target, h.offset);
-      d.verified.delete(h.offset);
+      coverChunks(d);
+      d.written[h.offset / CHUNK_SIZE]!++;
       for (const r of mergeRanges(h.ranges)) {
         await d.handle.write(chunk, r.offset, r.length, h.offset + r.offset);
         const batch = wrote(d, r.length);
         if (batch) {
           const flushed = d.flushing;
-          d.verifying = (d.verifying ?? Promise.resolve()).then(async () => {
-            await flushed;
-            await verifyFlushed(d, batch);
-          });
+          d.verifying = (d.verifying ?? Promise.resolve())
+            .then(async () => {
+              await flushed;
+              await verifyFlushed(d, batch);
+            })
+            .catch(() => {}); // left to the final check
         }
       }
       record.run(d.target, h.offset, rangeBytes(h.ranges), h.digest);
-      d.pending.set(h.offset, h.digest.toString('hex'));
+      d.pending.push(h.offset);
       await sendFrame(socket, 'A', encodeAck(h.disk, h.offset));
     } else if (f.type === 'S') {
       for (const d of mapped) {
@@ -306,8 +329,10 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
           mismatches.push({ offset, reason: 'never written' });
           continue;
         }
-        // Re-read after a background flush and found as written, and recorded so since.
-        if (d.verified.get(offset) === want && row.digest.toString('hex') === want) continue;
+        // Re-read after a background flush and found as recorded, not written since, and the
+        // record is what the sender asks about.
+        const i = offset / CHUNK_SIZE;
+        if (Number.isInteger(i) && i < d.written.length && d.written[i] !== 0 && d.checked[i] === d.written[i] && row.digest.toString('hex') === want) continue;
         const got = await readDigest(d, offset, row.ranges, chunk);
         if (got !== want) {
           const held = got === row.digest.toString('hex');
