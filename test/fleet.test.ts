@@ -185,8 +185,28 @@ after(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
+/** A control plane in the bridge's namespace, with a state directory of its own: it knows the fleet only from the agents' reports. */
+async function controlPlane(): Promise<{ url: string; token: string; jobs: () => Promise<{ id: string; state: string; reported?: boolean; percent: number; error: { code: string } | null }[]> }> {
+  const token = randomBytes(12).toString('hex');
+  const cmd = net.exec(net.hub, [process.execPath, BIN, 'server', '--listen', `${net.hubAddr}:8787`, '--data-dir', join(dir, 'control-plane'), '--token', token, '--json']);
+  const child = spawn(cmd[0]!, cmd.slice(1));
+  children.add(child);
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  for (let n = 0; n < 200 && !out.includes('\n'); n++) await new Promise((r) => setTimeout(r, 50));
+  const url = `http://${net.hubAddr}:8787`;
+  const jobs = async () => {
+    const get = `fetch(${JSON.stringify(`${url}/api/jobs`)}, {headers: {authorization: 'Bearer ' + process.env.T}}).then((r) => r.text()).then((t) => process.stdout.write(t))`;
+    const r = await run(net.exec(net.hub, [process.execPath, '-e', get]), { T: token });
+    return (JSON.parse(r.stdout) as { jobs: { id: string; state: string; reported?: boolean; percent: number; error: { code: string } | null }[] }).jobs;
+  };
+  return { url, token, jobs };
+}
+
 test('fleet run: four hosts over SSH at once; the one with a too-small target fails with its reason, the others verify; a re-run does only that one', async () => {
-  const file = inventory([0, 1, 2, 3]);
+  // The agents report to a control plane on the controller's network (the inventory's `report:`).
+  const cp = await controlPlane();
+  const file = inventory([0, 1, 2, 3], [`report: {url: "${cp.url}", token: ${cp.token}}`]);
   const first = await fleet(file, '--concurrency', '4');
   assert.equal(first.code, 1, `a failed host makes the run exit 1: ${JSON.stringify(first.doc, null, 1)}`);
   const byName = new Map(first.doc.hosts.map((h) => [h.name, h]));
@@ -208,6 +228,17 @@ test('fleet run: four hosts over SSH at once; the one with a too-small target fa
   assert.match(first.stderr, /"phase":"migrating"/);
   const span = (h: HostResult) => ((Date.parse(h.finishedAt!) - Date.parse(h.startedAt!)) / 1000).toFixed(1);
   console.log(`# fleet run 1: ${ok.map((h) => `${h.name} succeeded in ${span(h)} s`).join(', ')} (all started before any finished); web3 failed: ${bad.error!.code}: ${bad.error!.message}`);
+  // Each agent reported its job from its source to the control plane, which has no fleet records.
+  const reported = new Map((await cp.jobs()).map((j) => [j.id, j]));
+  for (const i of [0, 1, 2]) {
+    const j = reported.get(`fleet:web${i}`);
+    assert.equal(j?.state, 'succeeded', JSON.stringify([...reported.values()]));
+    assert.equal(j.reported, true);
+    assert.equal(j.percent, 100);
+  }
+  assert.equal(reported.get('fleet:web3')?.state, 'failed');
+  assert.equal(reported.get('fleet:web3')?.error?.code, 'TARGET_TOO_SMALL');
+  console.log(`# control plane (fed by the agents' reports only): ${[...reported.values()].map((j) => `${j.id} ${j.state}${j.error ? ` ${j.error.code}` : ''}`).join(', ')}`);
 
   // Fix the target, run again: only web3 runs.
   stopReceiver(3);
@@ -222,6 +253,7 @@ test('fleet run: four hosts over SSH at once; the one with a too-small target fa
   assert.equal(second.doc.hosts.find((h) => h.name === 'web3')?.state, 'succeeded');
   assert.ok(second.doc.hosts.filter((h) => h.name !== 'web3').every((h) => h.skipped));
   assert.equal(fileSha(tgt(3)), fileSha(src(3)));
+  assert.equal((await cp.jobs()).find((j) => j.id === 'fleet:web3')?.state, 'succeeded', 'the re-run\'s report replaced the failure');
   console.log(`# fleet run 2 (target fixed): ${second.doc.succeeded} migrated, ${second.doc.skipped} skipped, ${second.doc.failed} failed; all four targets identical to their sources`);
   assert.deepEqual(readdirSync(join(dir, 'work')), []);
 

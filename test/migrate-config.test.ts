@@ -56,3 +56,22 @@ test('every problem of a broken config is named with its line and column', () =>
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a report section: the control plane\'s URL, its token from the environment; a bad URL is named', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-config-'));
+  try {
+    const file = join(dir, 'ferry.yaml');
+    const base = ['target:', '  address: 10.1.2.3:7878', `  fingerprint: "${FP}"`, '  token: receiver-token', 'disks:', '  - {source: /dev/vda, name: root}'];
+    writeFileSync(file, [...base, 'report: {url: "http://10.0.0.9:8787", id: "web1:root"}', ''].join('\n'));
+    process.env.FERRY_REPORT_TOKEN = 'report-token-from-env';
+    const cfg = loadMigrateConfig(file);
+    assert.equal(cfg.report?.url, 'http://10.0.0.9:8787');
+    assert.equal(cfg.report?.id, 'web1:root');
+    assert.equal(cfg.reportToken, 'report-token-from-env');
+    writeFileSync(file, [...base, 'report: {url: "10.0.0.9:8787"}', ''].join('\n'));
+    assert.throws(() => loadMigrateConfig(file), (e: FerryError) => e.code === 'CONFIG_INVALID' && /ferry\.yaml:7:\d+:.*url/.test(e.message));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    delete process.env.FERRY_REPORT_TOKEN;
+  }
+});

@@ -11,6 +11,7 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeFil
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createServer, type AddressInfo } from 'node:net';
 import { fileSha } from './file-sha.js';
 
 const BIN = fileURLToPath(new URL('../../bin/ferry.js', import.meta.url));
@@ -18,6 +19,8 @@ let dir = '';
 let server: ChildProcess | undefined;
 let base = '';
 let token = '';
+/** Processes the report tests start (receivers, migrations), killed at the end whatever happened. */
+const children: ChildProcess[] = [];
 
 function ferry(args: string[]): { code: number; stdout: string } {
   try {
@@ -55,7 +58,7 @@ before(async () => {
   writeFileSync(join(dir, 'notimg.bin'), randomBytes(65536));
   assert.equal(ferry(['import', join(dir, 'disk.qcow2'), '--target', join(dir, 'ok.raw'), '--json']).code, 0);
   assert.notEqual(ferry(['import', join(dir, 'notimg.bin'), '--format', 'qcow2', '--target', join(dir, 'bad.raw'), '--json']).code, 0);
-  server = spawn(process.execPath, [BIN, 'server', '--listen', '127.0.0.1:0', '--data-dir', join(dir, 'state'), '--json'], { env: { ...process.env, FERRY_SERVER_SAMPLE_MS: '100', FERRY_PROGRESS_MS: '100' } });
+  server = spawn(process.execPath, [BIN, 'server', '--listen', '127.0.0.1:0', '--data-dir', join(dir, 'state'), '--json'], { env: { ...process.env, FERRY_SERVER_SAMPLE_MS: '100', FERRY_PROGRESS_MS: '100', FERRY_SERVER_STALE_MS: '1500' } });
   let out = '';
   server.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   for (let i = 0; i < 200 && !out.includes('\n'); i++) await new Promise((r) => setTimeout(r, 50));
@@ -66,6 +69,7 @@ before(async () => {
 });
 
 after(() => {
+  for (const c of children) c.kill('SIGKILL');
   server?.kill('SIGKILL');
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
@@ -165,5 +169,142 @@ test('the console in headless Chromium: the job list, a job\'s rate chart and a 
     console.log(`# console screenshots: ${join(artifacts, 'console-chart.png')}, ${shot}`);
   } finally {
     await browser.close();
+  }
+});
+
+/** Runs ferry in the background (state in its own directory); resolves with exit code and output. */
+function ferryBg(args: string[], env: Record<string, string> = {}): { child: ChildProcess; done: Promise<{ code: number | null; stdout: string; stderr: string }> } {
+  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, FERRY_STATE_DIR: join(dir, 'reporter-state'), ...env } });
+  children.push(child);
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  return { child, done: new Promise((res) => child.on('exit', (code) => res({ code, stdout, stderr }))) };
+}
+
+/** A receiver on loopback with one file disk `d`; its first JSON line (address, fingerprint, token). */
+async function receiver(disk: string): Promise<{ address: string; fingerprint: string; token: string }> {
+  const r = ferryBg(['receive', '--listen', '127.0.0.1:0', '--disk', `d=${disk}`, '--state-dir', join(dir, `recv-${Date.now()}`), '--json']);
+  let out = '';
+  r.child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  for (let i = 0; i < 200 && !out.includes('\n'); i++) await new Promise((res) => setTimeout(res, 50));
+  return JSON.parse(out.split('\n')[0]!) as { address: string; fingerprint: string; token: string };
+}
+
+const sleep = (ms: number) => new Promise((res) => setTimeout(res, ms));
+async function reported(id: string): Promise<Doc> {
+  return ((await call('/api/jobs')).doc.jobs as Doc[]).find((j) => j.id === id);
+}
+
+test('a migration on another machine reports to the server while it runs (--report): state, progress, rate; then succeeded', async () => {
+  const src = join(dir, 'm-src.img');
+  const tgt = join(dir, 'm-tgt.img');
+  writeFileSync(src, randomBytes(48 * 1024 * 1024));
+  writeFileSync(tgt, Buffer.alloc(0));
+  execFileSync('truncate', ['-s', '48M', tgt]);
+  const rx = await receiver(tgt);
+  // 48 MiB of random data at 12 MB/s: ~4 s of copying to watch.
+  const m = ferryBg(['migrate', '--target', rx.address, '--token', rx.token, '--fingerprint', rx.fingerprint, '--disk', `${src}=d`, '--bandwidth', '12M', '--report', base, '--report-id', 'web7:root', '--json'], { FERRY_REPORT_TOKEN: token, FERRY_REPORT_MS: '100' });
+  const seen: Doc[] = [];
+  for (let i = 0; i < 300; i++) {
+    const j = await reported('web7:root');
+    if (j) seen.push(j);
+    if (j?.finished) break;
+    await sleep(50);
+  }
+  const r = await m.done;
+  assert.equal(r.code, 0, r.stderr);
+  const mid = seen.filter((j) => j.state === 'running' && j.percent > 0 && j.percent < 100);
+  assert.ok(mid.length >= 3, `running reports seen while copying: ${mid.map((j) => j.percent).join(', ')}`);
+  assert.ok(mid.some((j) => j.rate > 0 && j.eta !== null && /round 1/.test(j.phase)), JSON.stringify(mid.at(-1)));
+  assert.ok(mid.every((j, k) => k === 0 || j.bytesDone >= mid[k - 1].bytesDone), 'progress only grows');
+  const last = seen.at(-1);
+  assert.equal(last.state, 'succeeded', JSON.stringify(last));
+  assert.equal(last.kind, 'migration');
+  assert.equal(last.percent, 100);
+  assert.equal(last.reported, true);
+  assert.ok(new Set(mid.map((j) => j.bytesDone)).size >= 2, 'several progress reports while copying');
+  assert.ok(last.reports >= 4, `reports received: ${last.reports}`);
+  assert.match(last.target, /\(d\)$/);
+  assert.equal(fileSha(tgt), fileSha(src));
+  console.log(`# reported migration: ${mid.length} running reports seen (${mid[0].percent}% … ${mid.at(-1).percent}%), ${last.reports} reports in all, final ${last.state}`);
+});
+
+test('a reporter that stops reporting (kill -9) is shown as stale; a failed import reports its code and remedy', async () => {
+  const src = join(dir, 'k-src.img');
+  const tgt = join(dir, 'k-tgt.img');
+  writeFileSync(src, randomBytes(32 * 1024 * 1024));
+  execFileSync('truncate', ['-s', '32M', tgt]);
+  const rx = await receiver(tgt);
+  const m = ferryBg(['migrate', '--target', rx.address, '--token', rx.token, '--fingerprint', rx.fingerprint, '--disk', `${src}=d`, '--bandwidth', '4M', '--report', base, '--report-id', 'db3:data'], { FERRY_REPORT_TOKEN: token, FERRY_REPORT_MS: '100' });
+  let j: Doc;
+  for (let i = 0; i < 200 && !(j?.state === 'running' && j.percent > 0); i++) {
+    await sleep(50);
+    j = await reported('db3:data');
+  }
+  assert.equal(j?.state, 'running', JSON.stringify(j));
+  assert.equal(j.stale, false);
+  m.child.kill('SIGKILL');
+  await m.done;
+  await sleep(2000); // the server's stale limit is 1.5 s here (FERRY_SERVER_STALE_MS)
+  j = await reported('db3:data');
+  assert.equal(j.state, 'running');
+  assert.equal(j.stale, true, JSON.stringify(j));
+
+  const bad = ferryBg(['import', join(dir, 'notimg.bin'), '--format', 'qcow2', '--target', join(dir, 'rep-bad.raw'), '--report', base, '--report-token', token, '--report-id', 'imp-host:bad', '--json']);
+  assert.notEqual((await bad.done).code, 0);
+  j = await reported('imp-host:bad');
+  assert.equal(j.state, 'failed');
+  assert.equal(j.kind, 'import');
+  assert.equal(j.error.code, 'IMAGE_FORMAT_MISMATCH');
+  assert.match(j.error.remedy, /--format/);
+  assert.equal((await call('/api/jobs/imp-host:bad/retry', { method: 'POST' })).status, 400, 'a reported job is retried where it runs');
+});
+
+test('reports need the token and a well-formed document; a job whose server is away or refuses it still succeeds', async () => {
+  const doc = { kind: 'import', source: 'a', target: 'b', state: 'copying', bytesDone: 1, bytesTotal: 2, rate: null, eta: null, started: null, finished: null, error: null };
+  assert.equal((await call('/api/reports/x1', { method: 'PUT', auth: null, body: doc })).status, 401);
+  const malformed = await call('/api/reports/x1', { method: 'PUT', body: { ...doc, state: 'flying', bytesDone: -1 } });
+  assert.equal(malformed.status, 400);
+  assert.match(malformed.doc.error.message, /state/);
+  assert.match(malformed.doc.error.message, /bytesDone/);
+  assert.equal((await call('/api/reports/..%2Fescape', { method: 'PUT', body: doc })).status, 400);
+  assert.equal((await call('/api/reports/x1', { method: 'PUT', body: doc })).status, 200);
+
+  const wrong = ferryBg(['import', join(dir, 'disk.qcow2'), '--target', join(dir, 'rep-wrongtoken.raw'), '--report', base, '--report-token', 'not-the-token', '--json']);
+  const w = await wrong.done;
+  assert.equal(w.code, 0, w.stderr);
+  assert.match(w.stderr, /"code":"REPORT_FAILED".*UNAUTHORIZED/);
+  // A port nobody listens on (taken, then released).
+  const probe = createServer();
+  await new Promise<void>((res) => probe.listen(0, '127.0.0.1', () => res()));
+  const closedPort = (probe.address() as AddressInfo).port;
+  await new Promise<void>((res) => probe.close(() => res()));
+  const away = ferryBg(['import', join(dir, 'disk.qcow2'), '--target', join(dir, 'rep-away.raw'), '--report', `http://127.0.0.1:${closedPort}`, '--report-token', 'whatever', '--json']);
+  const a = await away.done;
+  assert.equal(a.code, 0, a.stderr);
+  assert.match(a.stderr, /"code":"REPORT_FAILED".*ECONNREFUSED/);
+  assert.equal(fileSha(join(dir, 'rep-away.raw')), fileSha(join(dir, 'ok.raw')));
+  const noToken = ferryBg(['import', join(dir, 'disk.qcow2'), '--target', join(dir, 'rep-notoken.raw'), '--report', base], { FERRY_REPORT_TOKEN: '' });
+  const n = await noToken.done;
+  assert.equal(n.code, 64, n.stderr); // USAGE
+  assert.match(n.stderr, /FERRY_REPORT_TOKEN/);
+});
+
+test('reported jobs survive a restart of the server (kept in its state directory)', async () => {
+  const { ReportStore } = await import('../src/server/reports.js');
+  const d = mkdtempSync(join(tmpdir(), 'ferry-reports-'));
+  try {
+    const a = new ReportStore(d);
+    const put = a.put('h1:disk', { kind: 'migration', source: '/dev/vda', target: '10.0.0.2:7878 (root)', state: 'running', bytesDone: 5, bytesTotal: 10, rate: 1, eta: 5, started: null, finished: null, error: null });
+    assert.equal(put.ok, true);
+    a.put('h1:disk', { kind: 'migration', source: '/dev/vda', target: '10.0.0.2:7878 (root)', state: 'succeeded', bytesDone: 10, bytesTotal: 10, rate: null, eta: null, started: null, finished: '2026-01-01T00:00:00Z', error: null });
+    const b = new ReportStore(d);
+    assert.equal(b.get('h1:disk')?.state, 'succeeded');
+    assert.equal(b.get('h1:disk')?.bytesDone, 10);
+    assert.equal(b.list().length, 1);
+  } finally {
+    rmSync(d, { recursive: true, force: true });
   }
 });

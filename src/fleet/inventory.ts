@@ -11,6 +11,7 @@
 //       ssh: {host: 10.0.0.11}
 //       target: {address: 10.0.1.11:7878, fingerprint: "AB:…", token_env: WEB1_TOKEN}
 //       disks: [{source: /dev/vdb, name: data}]
+//   report: {url: "http://10.0.0.9:8787", token_env: FERRY_REPORT_TOKEN}   # optional: agents report to `ferry server`
 import { homedir } from 'node:os';
 import { resolve } from 'node:path';
 import { z } from 'zod';
@@ -69,6 +70,15 @@ const Schema = z
       .strict()
       .optional(),
     hosts: z.array(Host).min(1, 'at least one host'),
+    /** A control plane (`ferry server`) every agent reports its progress to, directly from its source. */
+    report: z
+      .object({
+        url: z.string().regex(/^https?:\/\/\S+$/, 'the server\'s URL, e.g. http://10.0.0.9:8787'),
+        token: z.string().min(8).optional(),
+        token_env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'an environment variable name').optional(),
+      })
+      .strict()
+      .optional(),
   })
   .strict()
   .superRefine((inv, ctx) => {
@@ -106,6 +116,8 @@ export interface FleetHost {
 export interface Inventory {
   file: string;
   hosts: FleetHost[];
+  /** Where agents report to (the token goes into each host's config, removed with it after the run). */
+  report?: { url: string; token: string };
 }
 
 function expandHome(path: string, base: string): string {
@@ -149,5 +161,12 @@ export function loadInventory(file: string): Inventory {
       ...(opt('compression') !== undefined ? { compression: opt('compression') as false | { level: number } } : {}),
     };
   });
-  return { file: resolve(file), hosts };
+  let report: Inventory['report'];
+  if (inv.report) {
+    const env = inv.report.token_env ?? 'FERRY_REPORT_TOKEN';
+    const token = inv.report.token ?? process.env[env];
+    if (!token) throw new FerryError('CONFIG_INVALID', `${file}: report: no token (not in the file, and ${env} is not set)`, { remedy: `Set ${env} to the token \`ferry server\` printed, or give report.token.` });
+    report = { url: inv.report.url, token };
+  }
+  return { file: resolve(file), hosts, ...(report ? { report } : {}) };
 }

@@ -41,7 +41,7 @@ function asError(err: unknown): { code: string; message: string; remedy?: string
 }
 
 /** The agent's config for one host (YAML; JSON is YAML). */
-function agentConfig(h: FleetHost, bandwidth: number | undefined): string {
+function agentConfig(h: FleetHost, bandwidth: number | undefined, report: Inventory['report']): string {
   const bw = bandwidth !== undefined ? bandwidth : h.bandwidth;
   return JSON.stringify(
     {
@@ -51,6 +51,8 @@ function agentConfig(h: FleetHost, bandwidth: number | undefined): string {
       ...(h.rounds !== undefined ? { rounds: h.rounds } : {}),
       ...(h.streams !== undefined ? { streams: h.streams } : {}),
       ...(h.compression !== undefined ? { compression: h.compression } : {}),
+      // The host's name in the inventory identifies its job on the server (hostnames can repeat).
+      ...(report ? { report: { url: report.url, token: report.token, id: `fleet:${h.name}` } } : {}),
     },
     null,
     2,
@@ -136,7 +138,7 @@ export async function runFleet(inv: Inventory, opts: FleetOptions = {}): Promise
         copied = unpack.code === 0;
       }
       if (!copied) await ssh.upload(agent.path, exe, 0o700);
-      await ssh.writeFile(`${dir}/ferry.yaml`, agentConfig(h, perHostBandwidth), 0o600);
+      await ssh.writeFile(`${dir}/ferry.yaml`, agentConfig(h, perHostBandwidth, inv.report), 0o600);
       if (wave.has(h.name)) {
         ready(h.name);
         let timer: NodeJS.Timeout | undefined;

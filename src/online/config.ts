@@ -8,6 +8,7 @@
 //   bandwidth: 80Mbit
 //   rounds: 2
 //   final_round: {freeze: [/srv/data], before: "systemctl stop app"}
+//   report: {url: "http://10.0.0.9:8787", token_env: FERRY_REPORT_TOKEN}
 import { z } from 'zod';
 import { loadYaml } from '../yaml-config.js';
 
@@ -36,15 +37,26 @@ const Schema = z
       .strict()
       .nullable()
       .optional(),
+    /** A control plane to report progress to (`ferry server`); its token from token_env (default FERRY_REPORT_TOKEN) or token. */
+    report: z
+      .object({
+        url: z.string().regex(/^https?:\/\/\S+$/, 'the server\'s URL, e.g. http://10.0.0.9:8787'),
+        token: z.string().min(8).optional(),
+        token_env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'an environment variable name').optional(),
+        id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/, 'letters, digits and . _ : @ - (at most 128)').optional(),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 
 export type MigrateConfig = z.infer<typeof Schema>;
 
 /** Reads and checks a config file; errors name the line and column of each problem. */
-export function loadMigrateConfig(file: string): MigrateConfig & { token?: string } {
+export function loadMigrateConfig(file: string): MigrateConfig & { token?: string; reportToken?: string } {
   const cfg = loadYaml(file, Schema, { kind: 'config file', missing: 'Give the path of the file `ferry init` wrote.', remedy: 'Fix the lines named (`ferry init` writes a commented example).' });
   const env = cfg.target.token_env ?? 'FERRY_TOKEN';
   const token = cfg.target.token ?? process.env[env];
-  return { ...cfg, ...(token ? { token } : {}) };
+  const reportToken = cfg.report ? (cfg.report.token ?? process.env[cfg.report.token_env ?? 'FERRY_REPORT_TOKEN']) : undefined;
+  return { ...cfg, ...(token ? { token } : {}), ...(reportToken ? { reportToken } : {}) };
 }

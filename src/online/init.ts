@@ -83,6 +83,9 @@ export function configText(disks: DetectedDisk[], target?: { address?: string; f
     `  # before: "systemctl stop my-app"`,
     freeze.length ? `  freeze: [${freeze.join(', ')}]` : '  # freeze: [/srv/data]',
     '',
+    '# Report progress to a control plane (`ferry server`); its token from FERRY_REPORT_TOKEN.',
+    '# report: {url: "http://10.0.0.9:8787", token_env: FERRY_REPORT_TOKEN}',
+    '',
   );
   return out.join('\n');
 }

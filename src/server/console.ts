@@ -45,9 +45,9 @@ async function api(path, method = 'GET') {
 function row(j) {
   const err = j.error ? '<div class="error">' + esc(j.error.code) + ': ' + esc(j.error.message) + '</div>' + (j.error.remedy ? '<div class="remedy">' + esc(j.error.remedy) + '</div>' : '') : '';
   const running = !j.finished;
-  return '<tr class="job' + (selected === j.id ? ' sel' : '') + '" data-id="' + esc(j.id) + '"><td>' + esc(j.id.slice(0, 40)) + '</td><td>' + esc(j.kind) + '</td><td class="state-' + esc(j.state) + '">' + esc(j.state) + (j.phase && running ? ' (' + esc(j.phase) + ')' : '') + '</td>' +
+  return '<tr class="job' + (selected === j.id ? ' sel' : '') + '" data-id="' + esc(j.id) + '"><td>' + esc(j.id.slice(0, 40)) + '</td><td>' + esc(j.kind) + '</td><td class="state-' + esc(j.state) + '">' + esc(j.state) + (j.phase && running ? ' (' + esc(j.phase) + ')' : '') + (j.stale ? ' <span class="error">no report since ' + esc(j.reportedAt || '') + '</span>' : '') + '</td>' +
     '<td><span class="bar"><i style="width:' + Math.min(100, j.percent) + '%"></i></span> ' + j.percent + '%</td><td>' + (j.rate && running ? bytes(j.rate) + '/s' : '') + '</td><td>' + (j.eta != null && running ? Math.round(j.eta) + ' s' : '') + '</td>' +
-    '<td>' + esc(j.source) + ' → ' + esc(j.target) + (j.worker ? '<div class="remedy">worker ' + esc(j.worker) + '</div>' : '') + '</td><td>' + err + '</td></tr>';
+    '<td>' + esc(j.source) + ' → ' + esc(j.target) + (j.worker ? '<div class="remedy">worker ' + esc(j.worker) + '</div>' : '') + (j.host ? '<div class="remedy">on ' + esc(j.host) + ' (reported)</div>' : '') + '</td><td>' + err + '</td></tr>';
 }
 function chart(rates) {
   const c = document.getElementById('chart'), g = c.getContext('2d');

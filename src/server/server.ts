@@ -6,7 +6,9 @@
 // `ferry` child processes, so a job outlives a restart of the server), and samples each running
 // job's progress every 2 s for the console's rate chart. With `database` (PostgreSQL mode) the
 // imports are rows of the shared job table instead, run by `ferry worker` processes on any number
-// of machines (src/queue/); the server only queues, lists, cancels and retries them.
+// of machines (src/queue/); the server only queues, lists, cancels and retries them. Jobs running on
+// other machines report themselves (`--report URL` of migrate and import: PUT /api/reports/ID,
+// src/server/reports.ts) and are listed with the rest.
 import { spawn } from 'node:child_process';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -21,6 +23,7 @@ import type { PgJob, PgJobs } from '../queue/pg-jobs.js';
 import { stateDir } from '../transfer/checkpoint.js';
 import { toolVersion } from '../version.js';
 import { consolePage } from './console.js';
+import { isStale, REPORT_ID, ReportStore, type StoredReport } from './reports.js';
 
 export interface ServerOptions {
   listen: string;
@@ -49,6 +52,42 @@ export interface ApiJob {
   error: { code: string; message: string; remedy?: string } | null;
   /** PostgreSQL mode: the worker that runs (or ran) the import. */
   worker?: string | null;
+  /** Jobs that report themselves from another machine (`--report`): where they run. */
+  host?: string;
+  reported?: boolean;
+  /** A reported job still running whose reporter has been silent for a minute or more. */
+  stale?: boolean;
+  /** Bytes put on the wire (reported migrations: compressed). */
+  bytesSent?: number;
+  /** Reported jobs: when the server last heard from the job, and how many reports it received. */
+  reportedAt?: string;
+  reports?: number;
+}
+
+/** A reported job as the API shows it. */
+function fromReport(r: StoredReport, now: number): ApiJob {
+  return {
+    id: r.id,
+    kind: r.kind,
+    state: r.state,
+    ...(r.phase ? { phase: r.phase } : {}),
+    source: r.source,
+    target: r.target,
+    bytesDone: r.bytesDone,
+    bytesTotal: r.bytesTotal,
+    percent: r.bytesTotal ? Math.min(100, Math.floor((100 * r.bytesDone) / r.bytesTotal)) : r.state === 'succeeded' ? 100 : 0,
+    rate: r.rate,
+    eta: r.eta,
+    started: r.started,
+    finished: r.finished,
+    error: r.error,
+    ...(r.host ? { host: r.host } : {}),
+    reported: true,
+    stale: isStale(r, now),
+    reportedAt: r.reportedAt,
+    reports: r.reports ?? 0,
+    ...(r.bytesSent !== undefined ? { bytesSent: r.bytesSent } : {}),
+  };
 }
 
 /** How often running jobs' progress is sampled for the rate chart (FERRY_SERVER_SAMPLE_MS: tests). */
@@ -210,7 +249,14 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const imports = opts.database ? await postgresImports(opts.database) : localImports();
   /** Progress samples of running jobs: id → [time ms, bytes done][] (last 10 minutes). */
   const samples = new Map<string, [number, number][]>();
-  const allJobs = async (): Promise<ApiJob[]> => [...(await imports.list()), ...fleetJobs()];
+  const reports = new ReportStore(stateDir());
+  const allJobs = async (): Promise<ApiJob[]> => {
+    const own = [...(await imports.list()), ...fleetJobs()];
+    // A job this server also sees in its own records (same state directory) is listed once.
+    const ids = new Set(own.map((j) => j.id));
+    const now = Date.now();
+    return [...own, ...reports.list().filter((r) => !ids.has(r.id)).map((r) => fromReport(r, now))];
+  };
   let sampling = false;
   const sampler = setInterval(() => {
     if (sampling) return;
@@ -251,6 +297,14 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       res.statusCode = 202;
       return accepted;
     }
+    const rep = /^\/api\/reports\/([^/]+)$/.exec(path);
+    if (rep && method === 'PUT') {
+      const id = decodeURIComponent(rep[1]!);
+      if (!REPORT_ID.test(id)) throw new HttpError(400, 'USAGE', `report id '${id}' is not 1–128 letters, digits and . _ : @ -`);
+      const r = reports.put(id, await body(req));
+      if (!r.ok) throw new HttpError(400, 'USAGE', `the report does not fit the schema: ${r.issues.join('; ')}`);
+      return { ok: true, id };
+    }
     const one = /^\/api\/jobs\/([^/]+)(?:\/(retry|cancel|rates))?$/.exec(path);
     if (one) {
       const id = decodeURIComponent(one[1]!);
@@ -262,6 +316,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         const s = samples.get(job.id) ?? [];
         return { id: job.id, rates: s.slice(1).map(([t, b], i) => ({ at: new Date(t).toISOString(), bytesPerSecond: Math.max(0, (b - s[i]![1]) / ((t - s[i]![0]) / 1000)) })) };
       }
+      if (job.reported) throw new HttpError(400, 'USAGE', `job ${job.id} runs on ${job.host ?? 'another machine'} and reports here: retry or cancel it there`);
       if (job.kind !== 'import') throw new HttpError(400, 'USAGE', 'fleet hosts are retried by running `ferry fleet run` again');
       if (action === 'cancel' && method === 'POST') return { job: await imports.cancel(job.id) };
       if (action === 'retry' && method === 'POST') {

@@ -7,12 +7,12 @@ import { humanBytes } from '../format.js';
 import { makeOutput, type Output } from '../output.js';
 import { startProgress } from '../progress.js';
 import type { RunState } from '../main.js';
-import { formatOption, interruptSignal, lazyFn, usage } from './shared.js';
+import { addReportOptions, formatOption, interruptSignal, lazyFn, openReporter, type ReportFlags, usage } from './shared.js';
 import { addStoreOptions, storeOptions, type StoreFlags } from './transfer.js';
 
 const runImport = lazyFn(() => import('../../jobs/import-job.js'), 'runImport');
 
-interface ImportFlags extends StoreFlags {
+interface ImportFlags extends StoreFlags, ReportFlags {
   target: string;
   fingerprint?: string;
   token?: string;
@@ -25,7 +25,7 @@ interface ImportFlags extends StoreFlags {
 
 export function registerImportCommand(program: Command, state: RunState): void {
   void state;
-  addStoreOptions(
+  addReportOptions(addStoreOptions(
     program
       .command('import')
       .description('put an image (s3://, cos://, file:// object or local file) onto a target disk (raw file or block device), checked first and verified; runs as a resumable job')
@@ -37,8 +37,9 @@ export function registerImportCommand(program: Command, state: RunState): void {
       .option('--verify', 'without a manifest: re-read the target and compare it with the source')
       .option('--overwrite', 'replace an existing target file')
       .option('--json', 'print one JSON document (progress as JSON lines on stderr)'),
-  ).action(async (source: string, flags: ImportFlags) => {
+  )).action(async (source: string, flags: ImportFlags) => {
     const out = makeOutput(!!flags.json);
+    const reporter = await openReporter({ url: flags.report, token: flags.reportToken, id: flags.reportId }, { kind: 'import', source, target: flags.target, idParts: ['import', flags.target] }, !!flags.json);
     const outcome = await runWithProgress(!!flags.json, (opts) =>
       runImport(
         {
@@ -50,9 +51,24 @@ export function registerImportCommand(program: Command, state: RunState): void {
           store: storeOptions({ ...flags, ...(flags.virtualHost ? { pathStyle: false } : {}) }),
           ...(flags.fingerprint ? { remote: { fingerprint: flags.fingerprint, token: remoteToken(flags) } } : {}),
         },
-        { ...opts, onJob: (job, resuming) => out.note(resuming ? `job ${job.id}: resuming at ${humanBytes(job.committed)} (${job.committed} bytes)` : `job ${job.id}`) },
+        {
+          ...opts,
+          onProgress: (p) => {
+            opts.onProgress?.(p);
+            reporter?.progress(p.position, p.total, { state: 'copying', phase: 'copying' });
+          },
+          onJob: (job, resuming) => {
+            reporter?.update({ phase: resuming ? `job ${job.id}, resuming at ${job.committed} bytes` : `job ${job.id}` });
+            out.note(resuming ? `job ${job.id}: resuming at ${humanBytes(job.committed)} (${job.committed} bytes)` : `job ${job.id}`);
+          },
+        },
       ),
-    );
+    ).catch(async (err: unknown) => {
+      if (reporter) await reporter.finish((await import('../../server/reporter.js')).failureReport(err));
+      throw err;
+    });
+    const r = outcome.result;
+    await reporter?.finish({ state: 'succeeded', phase: `job ${outcome.job.id}, verified: ${r.verified}`, bytesDone: r.virtualSize, bytesTotal: r.virtualSize });
     printImportOutcome(out, outcome);
   });
 }

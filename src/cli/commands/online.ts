@@ -6,7 +6,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { humanBytes } from '../format.js';
 import { makeOutput } from '../output.js';
 import type { RunState } from '../main.js';
-import { intArg, interruptSignal, lazyFn, usage } from './shared.js';
+import { addReportOptions, intArg, interruptSignal, lazyFn, openReporter, type ReportFlags, usage } from './shared.js';
 import { parseRate } from './transfer.js';
 
 const migrate = lazyFn(() => import('../../online/sender.js'), 'migrate');
@@ -70,7 +70,7 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
       await r.close();
     });
 
-  program
+  addReportOptions(program
     .command('migrate')
     .description('stream this machine\'s disks to a receiver: used blocks only, compressed, verified; resumable and incremental')
     .option('--config <file>', 'settings from this YAML file (`ferry init` writes one); flags override it')
@@ -86,8 +86,8 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
     .option('--freeze <mountpoint>', 'freeze this file system during the last round (repeatable)', collect)
     .option('--before-final-round <command>', 'run this shell command before the last round (e.g. stop services); it must succeed')
     .option('--dry-run', 'connect, check and estimate, then stop')
-    .option('--json', 'one JSON document at the end; events as JSON lines on stderr')
-    .action(async (flags: { config?: string; target?: string; token?: string; fingerprint?: string; disk?: string[]; bandwidth?: string; rounds?: string; streams?: string; level?: string; compress: boolean; freeze?: string[]; beforeFinalRound?: string; dryRun?: boolean; json?: boolean }) => {
+    .option('--json', 'one JSON document at the end; events as JSON lines on stderr'))
+    .action(async (flags: ReportFlags & { config?: string; target?: string; token?: string; fingerprint?: string; disk?: string[]; bandwidth?: string; rounds?: string; streams?: string; level?: string; compress: boolean; freeze?: string[]; beforeFinalRound?: string; dryRun?: boolean; json?: boolean }) => {
       // The config schema (zod, yaml) is loaded only when a config file is given.
       const cfg = flags.config ? (await import('../../online/config.js')).loadMigrateConfig(flags.config) : undefined;
       const token = flags.token ?? cfg?.token ?? process.env.FERRY_TOKEN;
@@ -103,9 +103,29 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
       const streams = flags.streams ? intArg(flags.streams, '--streams', 1, 32) : cfg?.streams;
       const freeze = flags.freeze?.length ? flags.freeze : cfg?.final_round?.freeze;
       const before = flags.beforeFinalRound ?? cfg?.final_round?.before;
+      const reporter = await openReporter(
+        { url: flags.report ?? cfg?.report?.url, token: flags.reportToken ?? cfg?.reportToken, id: flags.reportId ?? cfg?.report?.id },
+        { kind: 'migration', source: disks.map((d) => d.source).join(', '), target: `${targetAddr} (${disks.map((d) => d.name).join(', ')})`, idParts: ['migrate', targetAddr, ...disks.map((d) => d.name)] },
+        !!flags.json,
+      );
       const { signal, dispose } = interruptSignal();
       const out = makeOutput(!!flags.json);
+      let toMove = 0;
       const onEvent = (e: MigrateEvent) => {
+        if (reporter) {
+          if (e.event === 'preflight') {
+            toMove = e.disks.reduce((a, d) => a + d.used, 0);
+            reporter.update({ state: 'preflight', phase: 'preflight', bytesTotal: toMove });
+          } else if (e.event === 'progress') {
+            // Later rounds send only what changed: their share of the disk data, by chunks.
+            const done = e.round === 1 ? e.dataBytes : Math.round((toMove * e.chunksDone) / Math.max(1, e.chunks));
+            reporter.progress(Math.min(done, toMove), toMove, { state: 'running', phase: `round ${e.round}`, bytesSent: e.bytesSent });
+          } else if (e.event === 'round') {
+            reporter.update({ phase: `round ${e.round} done${e.frozen ? ' (frozen)' : ''}: ${e.chunksSent} of ${e.chunks} chunks sent` });
+          } else if (e.event === 'reconnect') {
+            reporter.update({ phase: `reconnecting (attempt ${e.attempt}: ${e.reason})`.slice(0, 200) });
+          }
+        }
         if (flags.json) {
           process.stderr.write(JSON.stringify(e) + '\n');
           return;
@@ -137,7 +157,11 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
           ...(flags.dryRun ? { dryRun: true } : {}),
           signal,
           onEvent,
+        }).catch(async (err: unknown) => {
+          if (reporter) await reporter.finish((await import('../../server/reporter.js')).failureReport(err));
+          throw err;
         });
+        await reporter?.finish({ state: 'succeeded', phase: report.dryRun ? 'dry run' : `${report.rounds.length} round(s), verified`, bytesDone: toMove, bytesTotal: toMove, bytesSent: report.bytesSent });
         out.result(report, () =>
           report.dryRun
             ? 'dry run: the receiver is reachable, accepted the token and has room for every disk'

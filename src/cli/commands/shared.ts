@@ -1,5 +1,5 @@
 // Options shared by CLI commands.
-import { Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { FerryError } from '../../errors.js';
 import { parseSize } from '../format.js';
 import { SUPPORTED_FORMATS } from '../../image/types.js';
@@ -59,4 +59,42 @@ export async function interruptible<T>(fn: (signal: AbortSignal) => Promise<T>):
 export function lazyFn<M, K extends { [P in keyof M]: M[P] extends (...args: never[]) => Promise<unknown> ? P : never }[keyof M]>(load: () => Promise<M>, name: K): M[K] {
   const call = async (...args: unknown[]): Promise<unknown> => ((await load())[name] as (...a: unknown[]) => Promise<unknown>)(...args);
   return call as M[K];
+}
+
+/** Options of commands that can report to a control plane (`ferry server`). */
+export function addReportOptions(cmd: Command): Command {
+  return cmd
+    .option('--report <url>', 'report state and progress to a `ferry server` at this URL (e.g. http://10.0.0.9:8787)')
+    .option('--report-token <token>', 'the server\'s token (default: FERRY_REPORT_TOKEN)')
+    .option('--report-id <id>', 'the job\'s id on the server (default: this host\'s name and the job\'s target)');
+}
+
+export interface ReportFlags {
+  report?: string;
+  reportToken?: string;
+  reportId?: string;
+}
+
+/**
+ * A reporter for `--report` (or a config file's report section), or undefined without one. Its
+ * warnings (server unreachable, token refused) go to stderr as notes, or as JSON lines with --json.
+ */
+export async function openReporter(
+  given: { url?: string | undefined; token?: string | undefined; id?: string | undefined },
+  job: { kind: 'import' | 'migration'; source: string; target: string; idParts: string[] },
+  json: boolean,
+): Promise<import('../../server/reporter.js').Reporter | undefined> {
+  if (!given.url) return undefined;
+  const token = given.token ?? process.env.FERRY_REPORT_TOKEN;
+  if (!token) throw usage('--report needs the server\'s token', 'Pass --report-token or set FERRY_REPORT_TOKEN (`ferry server` printed it when it started).');
+  const { Reporter, reportId, reportTarget } = await import('../../server/reporter.js');
+  return new Reporter({
+    url: reportTarget(given.url),
+    token,
+    id: given.id ?? reportId(...job.idParts),
+    kind: job.kind,
+    source: job.source,
+    target: job.target,
+    onWarning: (message) => process.stderr.write(json ? JSON.stringify({ warning: { code: 'REPORT_FAILED', message } }) + '\n' : `ferry: warning: ${message}\n`),
+  });
 }
