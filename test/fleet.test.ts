@@ -194,13 +194,15 @@ async function controlPlane(): Promise<{ url: string; token: string; jobs: () =>
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   for (let n = 0; n < 200 && !out.includes('\n'); n++) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(out.includes('\n'), 'ferry server did not start');
+  const { reportToken } = JSON.parse(out.split('\n')[0]!) as { reportToken: string };
   const url = `http://${net.hubAddr}:8787`;
   const jobs = async () => {
     const get = `fetch(${JSON.stringify(`${url}/api/jobs`)}, {headers: {authorization: 'Bearer ' + process.env.T}}).then((r) => r.text()).then((t) => process.stdout.write(t))`;
     const r = await run(net.exec(net.hub, [process.execPath, '-e', get]), { T: token });
     return (JSON.parse(r.stdout) as { jobs: { id: string; state: string; reported?: boolean; percent: number; error: { code: string } | null }[] }).jobs;
   };
-  return { url, token, jobs };
+  return { url, token: reportToken, jobs };
 }
 
 test('fleet run: four hosts over SSH at once; the one with a too-small target fails with its reason, the others verify; a re-run does only that one', async () => {
@@ -229,7 +231,8 @@ test('fleet run: four hosts over SSH at once; the one with a too-small target fa
   const span = (h: HostResult) => ((Date.parse(h.finishedAt!) - Date.parse(h.startedAt!)) / 1000).toFixed(1);
   console.log(`# fleet run 1: ${ok.map((h) => `${h.name} succeeded in ${span(h)} s`).join(', ')} (all started before any finished); web3 failed: ${bad.error!.code}: ${bad.error!.message}`);
   // Each agent reported its job from its source to the control plane, which has no fleet records.
-  const reported = new Map((await cp.jobs()).map((j) => [j.id, j]));
+  // Ids as a server on the controller would give the hosts: fleet:<its record>:<host>.
+  const reported = new Map((await cp.jobs()).map((j) => [j.id.replace(/^fleet:inventory\.yaml-[0-9a-f]{12}:/, 'fleet:'), j]));
   for (const i of [0, 1, 2]) {
     const j = reported.get(`fleet:web${i}`);
     assert.equal(j?.state, 'succeeded', JSON.stringify([...reported.values()]));
@@ -253,7 +256,7 @@ test('fleet run: four hosts over SSH at once; the one with a too-small target fa
   assert.equal(second.doc.hosts.find((h) => h.name === 'web3')?.state, 'succeeded');
   assert.ok(second.doc.hosts.filter((h) => h.name !== 'web3').every((h) => h.skipped));
   assert.equal(fileSha(tgt(3)), fileSha(src(3)));
-  assert.equal((await cp.jobs()).find((j) => j.id === 'fleet:web3')?.state, 'succeeded', 'the re-run\'s report replaced the failure');
+  assert.equal((await cp.jobs()).find((j) => j.id.endsWith(':web3'))?.state, 'succeeded', 'the re-run\'s report replaced the failure');
   console.log(`# fleet run 2 (target fixed): ${second.doc.succeeded} migrated, ${second.doc.skipped} skipped, ${second.doc.failed} failed; all four targets identical to their sources`);
   assert.deepEqual(readdirSync(join(dir, 'work')), []);
 

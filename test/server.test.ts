@@ -19,6 +19,8 @@ let dir = '';
 let server: ChildProcess | undefined;
 let base = '';
 let token = '';
+/** The server's report-only token (what reporting machines hold). */
+let reportToken = '';
 /** Processes the report tests start (receivers, migrations), killed at the end whatever happened. */
 const children: ChildProcess[] = [];
 
@@ -62,9 +64,11 @@ before(async () => {
   let out = '';
   server.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   for (let i = 0; i < 200 && !out.includes('\n'); i++) await new Promise((r) => setTimeout(r, 50));
-  const first = JSON.parse(out.split('\n')[0]!) as { address: string; token: string; console: string };
+  const first = JSON.parse(out.split('\n')[0]!) as { address: string; token: string; reportToken: string; console: string };
   base = `http://${first.address}`;
   token = first.token;
+  reportToken = first.reportToken;
+  assert.ok(reportToken && reportToken !== token);
   assert.match(first.console, /#token=/);
 });
 
@@ -205,7 +209,7 @@ test('a migration on another machine reports to the server while it runs (--repo
   execFileSync('truncate', ['-s', '48M', tgt]);
   const rx = await receiver(tgt);
   // 48 MiB of random data at 12 MB/s: ~4 s of copying to watch.
-  const m = ferryBg(['migrate', '--target', rx.address, '--token', rx.token, '--fingerprint', rx.fingerprint, '--disk', `${src}=d`, '--bandwidth', '12M', '--report', base, '--report-id', 'web7:root', '--json'], { FERRY_REPORT_TOKEN: token, FERRY_REPORT_MS: '100' });
+  const m = ferryBg(['migrate', '--target', rx.address, '--token', rx.token, '--fingerprint', rx.fingerprint, '--disk', `${src}=d`, '--bandwidth', '12M', '--report', base, '--report-id', 'web7:root', '--json'], { FERRY_REPORT_TOKEN: reportToken, FERRY_REPORT_MS: '100' });
   const seen: Doc[] = [];
   for (let i = 0; i < 300; i++) {
     const j = await reported('web7:root');
@@ -215,6 +219,7 @@ test('a migration on another machine reports to the server while it runs (--repo
   }
   const r = await m.done;
   assert.equal(r.code, 0, r.stderr);
+  seen.push(await reported('web7:root')); // the final report is in before the command ends
   const mid = seen.filter((j) => j.state === 'running' && j.percent > 0 && j.percent < 100);
   assert.ok(mid.length >= 3, `running reports seen while copying: ${mid.map((j) => j.percent).join(', ')}`);
   assert.ok(mid.some((j) => j.rate > 0 && j.eta !== null && /round 1/.test(j.phase)), JSON.stringify(mid.at(-1)));
@@ -237,7 +242,7 @@ test('a reporter that stops reporting (kill -9) is shown as stale; a failed impo
   writeFileSync(src, randomBytes(32 * 1024 * 1024));
   execFileSync('truncate', ['-s', '32M', tgt]);
   const rx = await receiver(tgt);
-  const m = ferryBg(['migrate', '--target', rx.address, '--token', rx.token, '--fingerprint', rx.fingerprint, '--disk', `${src}=d`, '--bandwidth', '4M', '--report', base, '--report-id', 'db3:data'], { FERRY_REPORT_TOKEN: token, FERRY_REPORT_MS: '100' });
+  const m = ferryBg(['migrate', '--target', rx.address, '--token', rx.token, '--fingerprint', rx.fingerprint, '--disk', `${src}=d`, '--bandwidth', '4M', '--report', base, '--report-id', 'db3:data'], { FERRY_REPORT_TOKEN: reportToken, FERRY_REPORT_MS: '100' });
   let j: Doc;
   for (let i = 0; i < 200 && !(j?.state === 'running' && j.percent > 0); i++) {
     await sleep(50);
@@ -247,12 +252,12 @@ test('a reporter that stops reporting (kill -9) is shown as stale; a failed impo
   assert.equal(j.stale, false);
   m.child.kill('SIGKILL');
   await m.done;
-  await sleep(2000); // the server's stale limit is 1.5 s here (FERRY_SERVER_STALE_MS)
+  await sleep(3500); // the server's stale limit is 1.5 s here (FERRY_SERVER_STALE_MS)
   j = await reported('db3:data');
   assert.equal(j.state, 'running');
   assert.equal(j.stale, true, JSON.stringify(j));
 
-  const bad = ferryBg(['import', join(dir, 'notimg.bin'), '--format', 'qcow2', '--target', join(dir, 'rep-bad.raw'), '--report', base, '--report-token', token, '--report-id', 'imp-host:bad', '--json']);
+  const bad = ferryBg(['import', join(dir, 'notimg.bin'), '--format', 'qcow2', '--target', join(dir, 'rep-bad.raw'), '--report', base, '--report-token', reportToken, '--report-id', 'imp-host:bad', '--json']);
   assert.notEqual((await bad.done).code, 0);
   j = await reported('imp-host:bad');
   assert.equal(j.state, 'failed');
@@ -271,6 +276,19 @@ test('reports need the token and a well-formed document; a job whose server is a
   assert.match(malformed.doc.error.message, /bytesDone/);
   assert.equal((await call('/api/reports/..%2Fescape', { method: 'PUT', body: doc })).status, 400);
   assert.equal((await call('/api/reports/x1', { method: 'PUT', body: doc })).status, 200);
+  // The report token sends reports and does nothing else.
+  assert.equal((await call('/api/reports/x2', { method: 'PUT', auth: reportToken, body: doc })).status, 200);
+  assert.equal((await call('/api/jobs', { auth: reportToken })).status, 401);
+  assert.equal((await call('/api/jobs', { method: 'POST', auth: reportToken, body: { kind: 'import', source: join(dir, 'disk.qcow2'), target: join(dir, 'x.raw') } })).status, 401);
+  assert.equal((await call('/api/reports/x2', { method: 'DELETE', auth: reportToken })).status, 401);
+  assert.equal((await call('/api/reports/x2', { method: 'DELETE' })).status, 200);
+  assert.equal(await reported('x2'), undefined);
+  // A job the server also has in its own records (same state directory) is listed once: its own record.
+  const local = ((await call('/api/jobs')).doc.jobs as Doc[]).find((j) => j.kind === 'import' && !j.reported);
+  assert.equal((await call(`/api/reports/${local.id}`, { method: 'PUT', auth: reportToken, body: doc })).status, 200);
+  const same = ((await call('/api/jobs')).doc.jobs as Doc[]).filter((j) => j.id === local.id);
+  assert.equal(same.length, 1);
+  assert.equal(same[0].reported, undefined);
 
   const wrong = ferryBg(['import', join(dir, 'disk.qcow2'), '--target', join(dir, 'rep-wrongtoken.raw'), '--report', base, '--report-token', 'not-the-token', '--json']);
   const w = await wrong.done;
@@ -307,4 +325,19 @@ test('reported jobs survive a restart of the server (kept in its state directory
   } finally {
     rmSync(d, { recursive: true, force: true });
   }
+});
+
+test('a reporter with nothing new to say repeats its state (heartbeat), so a long quiet phase is not taken for a dead job', async () => {
+  const { Reporter } = await import('../src/server/reporter.js');
+  const warnings: string[] = [];
+  const r = new Reporter({ url: base, token: reportToken, id: 'quiet:verify', kind: 'import', source: 's', target: 't', heartbeatMs: 300, onWarning: (w) => warnings.push(w) });
+  r.update({ state: 'verifying', phase: 'verifying', bytesDone: 10, bytesTotal: 10 });
+  await sleep(2500); // longer than the server's stale limit here (1.5 s), no update in between
+  const j = await reported('quiet:verify');
+  assert.equal(j.state, 'verifying');
+  assert.equal(j.stale, false, JSON.stringify(j));
+  assert.ok(j.reports >= 5, `reports: ${j.reports}`);
+  await r.finish({ state: 'succeeded' });
+  assert.equal((await reported('quiet:verify')).state, 'succeeded');
+  assert.deepEqual(warnings, []);
 });

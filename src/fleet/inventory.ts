@@ -15,6 +15,7 @@
 import { homedir } from 'node:os';
 import { resolve } from 'node:path';
 import { z } from 'zod';
+import { isReportUrl } from '../server/reporter.js';
 import { FerryError } from '../errors.js';
 import { loadYaml } from '../yaml-config.js';
 
@@ -73,7 +74,7 @@ const Schema = z
     /** A control plane (`ferry server`) every agent reports its progress to, directly from its source. */
     report: z
       .object({
-        url: z.string().regex(/^https?:\/\/\S+$/, 'the server\'s URL, e.g. http://10.0.0.9:8787'),
+        url: z.string().refine(isReportUrl, 'the server\'s URL, e.g. http://10.0.0.9:8787 (http or https, no user or password in it)'),
         token: z.string().min(8).optional(),
         token_env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'an environment variable name').optional(),
       })

@@ -5,12 +5,13 @@
 // whether the host succeeded or not. A failing host is recorded with its code, message and remedy
 // and the others go on. A total bandwidth budget is split between the hosts running at once. The
 // record (state.ts) makes a re-run skip the hosts that succeeded.
+import { basename } from 'node:path';
 import { ErrorCodes, FerryError, type ErrorCode } from '../errors.js';
 import type { MigrateEvent, MigrateReport } from '../online/sender.js';
 import { requireAgent } from './agent.js';
 import type { FleetHost, Inventory } from './inventory.js';
 import { SshSession, shq } from './ssh.js';
-import { readFleetRecord, writeFleetRecord, type FleetRecord, type HostPhase, type HostRecord } from './state.js';
+import { fleetStateFile, readFleetRecord, writeFleetRecord, type FleetRecord, type HostPhase, type HostRecord } from './state.js';
 
 export interface FleetOptions {
   /** Hosts migrated at once (default 4). */
@@ -41,7 +42,7 @@ function asError(err: unknown): { code: string; message: string; remedy?: string
 }
 
 /** The agent's config for one host (YAML; JSON is YAML). */
-function agentConfig(h: FleetHost, bandwidth: number | undefined, report: Inventory['report']): string {
+function agentConfig(h: FleetHost, bandwidth: number | undefined, report: { url: string; token: string; id: string } | undefined): string {
   const bw = bandwidth !== undefined ? bandwidth : h.bandwidth;
   return JSON.stringify(
     {
@@ -51,8 +52,7 @@ function agentConfig(h: FleetHost, bandwidth: number | undefined, report: Invent
       ...(h.rounds !== undefined ? { rounds: h.rounds } : {}),
       ...(h.streams !== undefined ? { streams: h.streams } : {}),
       ...(h.compression !== undefined ? { compression: h.compression } : {}),
-      // The host's name in the inventory identifies its job on the server (hostnames can repeat).
-      ...(report ? { report: { url: report.url, token: report.token, id: `fleet:${h.name}` } } : {}),
+      ...(report ? { report } : {}),
     },
     null,
     2,
@@ -138,7 +138,11 @@ export async function runFleet(inv: Inventory, opts: FleetOptions = {}): Promise
         copied = unpack.code === 0;
       }
       if (!copied) await ssh.upload(agent.path, exe, 0o700);
-      await ssh.writeFile(`${dir}/ferry.yaml`, agentConfig(h, perHostBandwidth, inv.report), 0o600);
+      await ssh.writeFile(`${dir}/ferry.yaml`, agentConfig(h, perHostBandwidth, inv.report && {
+        ...inv.report,
+        // The id a server reading this controller's records gives the host (listed once, not twice).
+        id: `fleet:${basename(fleetStateFile(inv.file), '.json')}:${h.name}`,
+      }), 0o600);
       if (wave.has(h.name)) {
         ready(h.name);
         let timer: NodeJS.Timeout | undefined;
@@ -157,6 +161,11 @@ export async function runFleet(inv: Inventory, opts: FleetOptions = {}): Promise
             e = JSON.parse(line) as MigrateEvent;
           } catch {
             return; // not an event (e.g. a warning of the shell)
+          }
+          const warning = (e as { warning?: { message?: string } }).warning;
+          if (warning?.message) {
+            update(h.name, { warning: warning.message.slice(0, 500) }, true);
+            return;
           }
           if (e.event === 'preflight') {
             moving = e.disks.reduce((n, d) => n + d.used, 0);

@@ -24,6 +24,8 @@ export interface HostRecord {
   rate?: number;
   etaSeconds?: number;
   error?: { code: string; message: string; remedy?: string };
+  /** The agent's last warning (e.g. it cannot report to the control plane). */
+  warning?: string;
   report?: unknown;
 }
 

@@ -10,6 +10,7 @@
 //   final_round: {freeze: [/srv/data], before: "systemctl stop app"}
 //   report: {url: "http://10.0.0.9:8787", token_env: FERRY_REPORT_TOKEN}
 import { z } from 'zod';
+import { isReportUrl, REPORT_ID } from '../server/reporter.js';
 import { loadYaml } from '../yaml-config.js';
 
 const Schema = z
@@ -40,10 +41,10 @@ const Schema = z
     /** A control plane to report progress to (`ferry server`); its token from token_env (default FERRY_REPORT_TOKEN) or token. */
     report: z
       .object({
-        url: z.string().regex(/^https?:\/\/\S+$/, 'the server\'s URL, e.g. http://10.0.0.9:8787'),
+        url: z.string().refine(isReportUrl, 'the server\'s URL, e.g. http://10.0.0.9:8787 (http or https, no user or password in it)'),
         token: z.string().min(8).optional(),
         token_env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'an environment variable name').optional(),
-        id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/, 'letters, digits and . _ : @ - (at most 128)').optional(),
+        id: z.string().regex(REPORT_ID, 'letters, digits and . _ : @ - (at most 128)').optional(),
       })
       .strict()
       .optional(),

@@ -1,9 +1,11 @@
 // The reporting side of `--report URL`: a job running on this machine (a migration, an import)
 // sends its state to a `ferry server` (PUT /api/reports/ID, token in the Authorization header):
-// on each state change at once, and progress at most once per interval. Reporting never holds the
-// job up and never fails it: one request at a time, the newest state wins, a request that fails
-// or takes over 5 s is dropped (and said once, through onWarning, until one succeeds again); the
-// final state is sent before the job's command ends, waiting at most a few seconds for the server.
+// on each state change at once, progress at most once per interval, and the unchanged state every
+// HEARTBEAT_MS while nothing moves (a long verification is not a dead job). Reporting never fails
+// the job and barely holds it up: one request at a time, the newest state wins, a request that
+// fails or takes over 5 s is dropped (and said once, through onWarning, until one succeeds again);
+// the final state is sent before the job's command ends — the request in flight is abandoned, and
+// the final one tried up to three times within FINAL_DEADLINE_MS in all.
 import { hostname } from 'node:os';
 import { FerryError } from '../errors.js';
 import type { JobReport } from './reports.js';
@@ -22,11 +24,17 @@ export interface ReporterOptions {
   target: string;
   /** Least time between progress reports (ms; FERRY_REPORT_MS, default 1000). */
   intervalMs?: number;
+  /** While nothing changes, the state is sent again this often (ms; default 15 s). */
+  heartbeatMs?: number;
   onWarning?: (message: string) => void;
 }
 
 const REQUEST_TIMEOUT_MS = 5000;
 const RATE_WINDOW_MS = 5000;
+/** While nothing changes, the state is sent again this often (the server marks silent jobs stale after a minute). */
+const HEARTBEAT_MS = 15_000;
+/** The final report's whole budget, retries included. */
+const FINAL_DEADLINE_MS = 4000;
 
 /** Checks --report's URL and turns a free-form name into a valid report id. */
 export function reportTarget(url: string): string {
@@ -34,9 +42,10 @@ export function reportTarget(url: string): string {
   try {
     u = new URL(url);
   } catch {
-    throw new FerryError('USAGE', `--report '${url}' is not a URL`, { remedy: 'Give the control plane\'s address, e.g. --report http://10.0.0.9:8787.' });
+    throw new FerryError('USAGE', `--report: not a URL (${url.replace(/\/\/[^@/]*@/, '//…@')})`, { remedy: 'Give the control plane\'s address, e.g. --report http://10.0.0.9:8787.' });
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new FerryError('USAGE', `--report '${url}': only http:// and https:// are supported`, { remedy: 'Give the address `ferry server` printed, e.g. http://10.0.0.9:8787.' });
+  if (u.username || u.password) throw new FerryError('USAGE', '--report: the URL must not hold a user or password', { remedy: 'Give the token with --report-token or FERRY_REPORT_TOKEN instead.' });
   return u.href.replace(/\/+$/, '');
 }
 
@@ -54,12 +63,15 @@ export class Reporter {
   private readonly endpoint: string;
   private readonly interval: number;
   private state: JobReport;
-  private sending: Promise<void> | undefined;
+  private sending: Promise<unknown> | undefined;
   private dirty = false;
   private lastSent = 0;
   private timer: NodeJS.Timeout | undefined;
   private failing = false;
   private done = false;
+  private heartbeat: NodeJS.Timeout;
+  /** Aborts the request in flight (finish() does not wait for a progress report). */
+  private inFlight: AbortController | undefined;
   /** Recent (time, bytes done) samples for the rate. */
   private window: [number, number][] = [];
 
@@ -81,6 +93,14 @@ export class Reporter {
       finished: null,
       error: null,
     };
+    const beat = opts.heartbeatMs ?? HEARTBEAT_MS;
+    this.heartbeat = setInterval(() => {
+      if (Date.now() - this.lastSent >= beat) {
+        this.dirty = true;
+        this.schedule(0);
+      }
+    }, beat);
+    this.heartbeat.unref();
   }
 
   /** Merges fields into the report; a state change goes out now, progress within the interval. */
@@ -108,10 +128,18 @@ export class Reporter {
     if (this.done) return;
     this.state = { ...this.state, ...fields, finished: new Date().toISOString(), eta: null, rate: fields.state === 'succeeded' ? this.state.rate : null };
     this.done = true;
+    clearInterval(this.heartbeat);
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    this.inFlight?.abort();
     await this.sending;
-    await this.send();
+    const deadline = Date.now() + FINAL_DEADLINE_MS;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const left = deadline - Date.now();
+      if (left <= 0) break;
+      if (await this.send(left)) return;
+      await new Promise((r) => setTimeout(r, Math.min(300, Math.max(0, deadline - Date.now()))));
+    }
   }
 
   private schedule(delay: number): void {
@@ -133,16 +161,20 @@ export class Reporter {
     this.timer.unref();
   }
 
-  private async send(): Promise<void> {
+  /** One request; resolves whether it was delivered (never rejects). */
+  private async send(timeoutMs = REQUEST_TIMEOUT_MS): Promise<boolean> {
     this.dirty = false;
     this.lastSent = Date.now();
     const body = JSON.stringify(this.state);
+    const abort = new AbortController();
+    this.inFlight = abort;
+    const timer = setTimeout(() => abort.abort(Object.assign(new Error('timeout'), { name: 'TimeoutError' })), Math.min(timeoutMs, REQUEST_TIMEOUT_MS));
     try {
       const r = await fetch(this.endpoint, {
         method: 'PUT',
         headers: { authorization: `Bearer ${this.opts.token}`, 'content-type': 'application/json' },
         body,
-        signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+        signal: abort.signal,
       });
       if (!r.ok) {
         let why = `HTTP ${r.status}`;
@@ -155,13 +187,21 @@ export class Reporter {
         throw new Error(r.status === 401 ? `${why} (check --report-token / FERRY_REPORT_TOKEN: the token \`ferry server\` printed)` : why);
       }
       this.failing = false;
+      return true;
     } catch (err) {
-      if (!this.failing) {
+      // A progress report abandoned for the final one is not a failure worth a warning.
+      const abandoned = abort.signal.aborted && (abort.signal.reason as Error | undefined)?.name !== 'TimeoutError';
+      if (!this.failing && !abandoned) {
         const e = err as Error & { cause?: { code?: string; message?: string; errors?: { code?: string }[] } };
-        const why = e.name === 'TimeoutError' ? `no answer in ${REQUEST_TIMEOUT_MS / 1000} s` : (e.cause?.code ?? e.cause?.errors?.[0]?.code ?? e.cause?.message ?? e.message);
+        const timedOut = (abort.signal.reason as Error | undefined)?.name === 'TimeoutError';
+        const why = timedOut ? 'no answer in time' : (e.cause?.code ?? e.cause?.errors?.[0]?.code ?? e.cause?.message ?? e.message);
         this.opts.onWarning?.(`cannot report to ${this.opts.url}: ${why}; the job goes on (reports resume when the server answers)`);
+        this.failing = true;
       }
-      this.failing = true;
+      return false;
+    } finally {
+      clearTimeout(timer);
+      if (this.inFlight === abort) this.inFlight = undefined;
     }
   }
 }
@@ -173,4 +213,14 @@ export function failureReport(err: unknown): Partial<JobReport> & Pick<JobReport
     return { state: e.code === 'INTERRUPTED' ? 'cancelled' : 'failed', error: { code: e.code, message: e.message.slice(0, 4096), ...(e.remedy ? { remedy: e.remedy.slice(0, 4096) } : {}) } };
   }
   return { state: 'failed', error: { code: 'INTERNAL', message: String((err as Error)?.message ?? err).slice(0, 4096) } };
+}
+
+/** For config schemas: whether `url` is what --report accepts (http/https, no credentials). */
+export function isReportUrl(url: string): boolean {
+  try {
+    reportTarget(url);
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -16,6 +16,8 @@ const STALE_AFTER_MS = Math.max(100, Number(process.env.FERRY_SERVER_STALE_MS) |
 
 const States = ['preflight', 'copying', 'running', 'verifying', 'succeeded', 'failed', 'cancelled'] as const;
 export const FINAL_STATES: readonly string[] = ['succeeded', 'failed', 'cancelled'];
+/** Reported jobs kept at most; beyond, the oldest finished (or stale) one makes room. */
+const MAX_REPORTS = Math.max(2, Number(process.env.FERRY_SERVER_MAX_REPORTS) || 2000);
 
 const Iso = z.string().max(40).nullable();
 export const ReportSchema = z
@@ -79,6 +81,12 @@ export class ReportStore {
   put(id: string, doc: unknown, now = new Date()): { ok: true; report: StoredReport } | { ok: false; issues: string[] } {
     const parsed = ReportSchema.safeParse(doc);
     if (!parsed.success) return { ok: false, issues: parsed.error.issues.map((i) => `${i.path.join('.') || '(body)'}: ${i.message}`) };
+    if (!this.reports.has(id) && this.reports.size >= MAX_REPORTS) {
+      const done = [...this.reports.values()].filter((r) => FINAL_STATES.includes(r.state) || isStale(r, now.getTime()));
+      if (done.length === 0) return { ok: false, issues: [`${MAX_REPORTS} jobs are reporting already (none finished); delete some with DELETE /api/reports/ID`] };
+      const oldest = done.reduce((a, b) => (Date.parse(a.reportedAt) <= Date.parse(b.reportedAt) ? a : b));
+      this.delete(oldest.id);
+    }
     const report: StoredReport = { ...parsed.data, id, reportedAt: now.toISOString(), reports: (this.reports.get(id)?.reports ?? 0) + 1 };
     this.reports.set(id, report);
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });

@@ -28,6 +28,8 @@ import { isStale, REPORT_ID, ReportStore, type StoredReport } from './reports.js
 export interface ServerOptions {
   listen: string;
   token?: string;
+  /** The token that may only send reports (PUT /api/reports/ID): what reporting machines hold. */
+  reportToken?: string;
   /** PostgreSQL mode: the shared job database (postgres://…) that `ferry worker`s take imports from. */
   database?: string;
   /** Called for each request handled (method, path, status), for logs. */
@@ -211,6 +213,7 @@ export interface RunningServer {
   address: string;
   port: number;
   token: string;
+  reportToken: string;
   close(): Promise<void>;
 }
 
@@ -246,6 +249,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const host = m[1] ?? (m[2] || '0.0.0.0');
   const token = opts.token ?? randomBytes(18).toString('base64url');
   const tokenBuf = Buffer.from(token);
+  const reportToken = opts.reportToken ?? randomBytes(18).toString('base64url');
+  const reportTokenBuf = Buffer.from(reportToken);
   const imports = opts.database ? await postgresImports(opts.database) : localImports();
   /** Progress samples of running jobs: id → [time ms, bytes done][] (last 10 minutes). */
   const samples = new Map<string, [number, number][]>();
@@ -264,8 +269,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     const now = Date.now();
     allJobs()
       .then((all) => {
+        const live = new Set(all.map((j) => j.id));
+        for (const id of samples.keys()) if (!live.has(id)) samples.delete(id);
         for (const j of all) {
-          if (!['preflight', 'copying', 'verifying', 'running'].includes(j.state)) continue;
+          if (!['preflight', 'copying', 'verifying', 'running'].includes(j.state) || j.stale) continue;
           const s = samples.get(j.id) ?? [];
           s.push([now, j.bytesDone]);
           while (s.length > 300) s.shift();
@@ -277,15 +284,25 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   }, SAMPLE_MS);
   sampler.unref();
 
-  const authorized = (req: IncomingMessage): boolean => {
+  const presented = (req: IncomingMessage, want: Buffer): boolean => {
     const h = req.headers.authorization ?? '';
     const given = Buffer.from(h.startsWith('Bearer ') ? h.slice(7) : '');
-    return given.length === tokenBuf.length && timingSafeEqual(given, tokenBuf);
+    return given.length === want.length && timingSafeEqual(given, want);
   };
+  const authorized = (req: IncomingMessage): boolean => presented(req, tokenBuf);
 
   const route = async (req: IncomingMessage, res: ServerResponse, path: string): Promise<unknown> => {
     const method = req.method ?? 'GET';
     if (path === '/api/health') return { ok: true, version: toolVersion() };
+    const rep = /^\/api\/reports\/([^/]+)$/.exec(path);
+    // Reporting machines hold the report token, which allows this and nothing else.
+    if (rep && method === 'PUT' && (presented(req, reportTokenBuf) || authorized(req))) {
+      const id = decodeURIComponent(rep[1]!);
+      if (!REPORT_ID.test(id)) throw new HttpError(400, 'USAGE', `report id '${id.slice(0, 200)}' is not 1–128 letters, digits and . _ : @ -`);
+      const r = reports.put(id, await body(req));
+      if (!r.ok) throw new HttpError(400, 'USAGE', `the report does not fit the schema: ${r.issues.join('; ')}`);
+      return { ok: true, id };
+    }
     if (!authorized(req)) throw new HttpError(401, 'UNAUTHORIZED', 'this API needs the server\'s token: Authorization: Bearer TOKEN');
     if (path === '/api/jobs' && method === 'GET') return { jobs: await allJobs() };
     if (path === '/api/jobs' && method === 'POST') {
@@ -297,12 +314,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       res.statusCode = 202;
       return accepted;
     }
-    const rep = /^\/api\/reports\/([^/]+)$/.exec(path);
-    if (rep && method === 'PUT') {
+    if (rep && method === 'DELETE') {
       const id = decodeURIComponent(rep[1]!);
-      if (!REPORT_ID.test(id)) throw new HttpError(400, 'USAGE', `report id '${id}' is not 1–128 letters, digits and . _ : @ -`);
-      const r = reports.put(id, await body(req));
-      if (!r.ok) throw new HttpError(400, 'USAGE', `the report does not fit the schema: ${r.issues.join('; ')}`);
+      if (!REPORT_ID.test(id) || !reports.delete(id)) throw new HttpError(404, 'JOB_NOT_FOUND', `no reported job ${id.slice(0, 200)}`);
+      samples.delete(id);
       return { ok: true, id };
     }
     const one = /^\/api\/jobs\/([^/]+)(?:\/(retry|cancel|rates))?$/.exec(path);
@@ -385,6 +400,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     address: `${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`,
     port: addr.port,
     token,
+    reportToken,
     close: async () => {
       clearInterval(sampler);
       await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -117,23 +117,26 @@ export function registerServerCommand(program: Command): void {
     .option('--listen <addr>', 'HOST:PORT to serve on', '127.0.0.1:8787')
     .option('--data-dir <dir>', 'the state directory to show and use (default: FERRY_STATE_DIR, else ~/.local/state/ferry)')
     .option('--token <token>', 'the API token (default: FERRY_SERVER_TOKEN, else a new one, printed)')
+    .option('--report-token <token>', 'the token that may only send reports (`--report` of migrate/import; default: FERRY_SERVER_REPORT_TOKEN, else a new one, printed)')
     .option('--database <url>', 'PostgreSQL mode: imports go to this shared job database (postgres://USER@HOST/DB; default FERRY_DATABASE_URL) and `ferry worker`s run them')
-    .option('--json', 'first line: {address, token, console}; then one JSON log line per request')
-    .action(async (flags: { listen: string; dataDir?: string; token?: string; database?: string; json?: boolean }) => {
+    .option('--json', 'first line: {address, token, reportToken, console}; then one JSON log line per request')
+    .action(async (flags: { listen: string; dataDir?: string; token?: string; reportToken?: string; database?: string; json?: boolean }) => {
       if (flags.dataDir) process.env.FERRY_STATE_DIR = flags.dataDir;
       const { startServer } = await import('../../server/server.js');
       const { databaseUrl } = await import('../../queue/pg-jobs.js');
       const token = flags.token ?? process.env.FERRY_SERVER_TOKEN;
+      const reportToken = flags.reportToken ?? process.env.FERRY_SERVER_REPORT_TOKEN;
       const database = databaseUrl(flags.database);
       const srv = await startServer({
         listen: flags.listen,
         ...(token ? { token } : {}),
+        ...(reportToken ? { reportToken } : {}),
         ...(database ? { database } : {}),
         onRequest: (r) => process.stderr.write(JSON.stringify({ at: new Date().toISOString(), ...r }) + '\n'),
       });
       const link = `http://${srv.address}/#token=${encodeURIComponent(srv.token)}`;
-      if (flags.json) process.stdout.write(JSON.stringify({ address: srv.address, token: srv.token, console: link }) + '\n');
-      else process.stdout.write(`ferry server on http://${srv.address}/ (API under /api/, metrics at /metrics)\ntoken: ${token ? 'as given' : srv.token}\nconsole: ${link}\n`);
+      if (flags.json) process.stdout.write(JSON.stringify({ address: srv.address, token: srv.token, reportToken: srv.reportToken, console: link }) + '\n');
+      else process.stdout.write(`ferry server on http://${srv.address}/ (API under /api/, metrics at /metrics)\ntoken: ${token ? 'as given' : srv.token}\nreport token (for --report of migrate and import; it can only send reports): ${reportToken ? 'as given' : srv.reportToken}\nconsole: ${link}\n`);
       const { signal, dispose } = interruptSignal();
       await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
       dispose();

@@ -55,8 +55,9 @@ export function registerImportCommand(program: Command, state: RunState): void {
           ...opts,
           onProgress: (p) => {
             opts.onProgress?.(p);
-            reporter?.progress(p.position, p.total, { state: 'copying', phase: 'copying' });
+            reporter?.progress(p.position, p.total);
           },
+          onPhase: (phase) => reporter?.update({ state: phase, phase }),
           onJob: (job, resuming) => {
             reporter?.update({ phase: resuming ? `job ${job.id}, resuming at ${job.committed} bytes` : `job ${job.id}` });
             out.note(resuming ? `job ${job.id}: resuming at ${humanBytes(job.committed)} (${job.committed} bytes)` : `job ${job.id}`);

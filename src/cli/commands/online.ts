@@ -104,7 +104,7 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
       const freeze = flags.freeze?.length ? flags.freeze : cfg?.final_round?.freeze;
       const before = flags.beforeFinalRound ?? cfg?.final_round?.before;
       const reporter = await openReporter(
-        { url: flags.report ?? cfg?.report?.url, token: flags.reportToken ?? cfg?.reportToken, id: flags.reportId ?? cfg?.report?.id },
+        { url: flags.report ?? cfg?.report?.url, token: flags.reportToken ?? cfg?.reportToken, id: flags.reportId ?? cfg?.report?.id, ...(cfg?.report?.token_env ? { tokenEnv: cfg.report.token_env } : {}) },
         { kind: 'migration', source: disks.map((d) => d.source).join(', '), target: `${targetAddr} (${disks.map((d) => d.name).join(', ')})`, idParts: ['migrate', targetAddr, ...disks.map((d) => d.name)] },
         !!flags.json,
       );
@@ -117,11 +117,13 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
             toMove = e.disks.reduce((a, d) => a + d.used, 0);
             reporter.update({ state: 'preflight', phase: 'preflight', bytesTotal: toMove });
           } else if (e.event === 'progress') {
-            // Later rounds send only what changed: their share of the disk data, by chunks.
-            const done = e.round === 1 ? e.dataBytes : Math.round((toMove * e.chunksDone) / Math.max(1, e.chunks));
-            reporter.progress(Math.min(done, toMove), toMove, { state: 'running', phase: `round ${e.round}`, bytesSent: e.bytesSent });
+            // By chunks checked, in every round (a resumed or later round skips what the receiver
+            // holds); rate and ETA are the sender's own (on the wire).
+            const done = Math.round((toMove * e.chunksDone) / Math.max(1, e.chunks));
+            reporter.update({ state: 'running', phase: `round ${e.round}`, bytesDone: Math.min(done, toMove), bytesTotal: toMove, bytesSent: e.bytesSent, rate: e.rate, eta: e.etaSeconds ?? null });
           } else if (e.event === 'round') {
-            reporter.update({ phase: `round ${e.round} done${e.frozen ? ' (frozen)' : ''}: ${e.chunksSent} of ${e.chunks} chunks sent` });
+            const last = e.round >= (rounds ?? 1);
+            reporter.update({ ...(last ? { state: 'verifying' as const } : {}), phase: `round ${e.round} done${e.frozen ? ' (frozen)' : ''}: ${e.chunksSent} of ${e.chunks} chunks sent${last ? '; verifying on the receiver' : ''}` });
           } else if (e.event === 'reconnect') {
             reporter.update({ phase: `reconnecting (attempt ${e.attempt}: ${e.reason})`.slice(0, 200) });
           }

@@ -80,13 +80,14 @@ export interface ReportFlags {
  * warnings (server unreachable, token refused) go to stderr as notes, or as JSON lines with --json.
  */
 export async function openReporter(
-  given: { url?: string | undefined; token?: string | undefined; id?: string | undefined },
+  given: { url?: string | undefined; token?: string | undefined; id?: string | undefined; tokenEnv?: string },
   job: { kind: 'import' | 'migration'; source: string; target: string; idParts: string[] },
   json: boolean,
 ): Promise<import('../../server/reporter.js').Reporter | undefined> {
   if (!given.url) return undefined;
-  const token = given.token ?? process.env.FERRY_REPORT_TOKEN;
-  if (!token) throw usage('--report needs the server\'s token', 'Pass --report-token or set FERRY_REPORT_TOKEN (`ferry server` printed it when it started).');
+  const env = given.tokenEnv ?? 'FERRY_REPORT_TOKEN';
+  const token = given.token ?? process.env[env];
+  if (!token) throw usage('--report needs the server\'s report token', `Pass --report-token or set ${env} (\`ferry server\` printed its report token when it started).`);
   const { Reporter, reportId, reportTarget } = await import('../../server/reporter.js');
   return new Reporter({
     url: reportTarget(given.url),
