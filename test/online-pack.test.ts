@@ -1,12 +1,13 @@
 // A data connection's compressed stream (online/pack.ts): chunks packed one after another by a
 // StreamPacker unpack exactly, in order, through the connection's StreamUnpacker (random chunks
 // included); later chunks use earlier ones as context (smaller than compressed alone, and
-// undecodable by a fresh unpacker); damaged or mislabelled payloads are refused.
+// undecodable by a fresh unpacker); damaged or mislabelled payloads are refused; a long window
+// (as the sender sizes it for a large disk) matches data repeated tens of MiB apart.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { StreamPacker, StreamUnpacker, packChunk, unpackChunk } from '../src/online/pack.js';
-import { CHUNK_SIZE, CODEC_RAW, CODEC_ZSTD_STREAM } from '../src/online/wire.js';
+import { CHUNK_SIZE, CODEC_RAW, CODEC_ZSTD_STREAM, streamWindowLog } from '../src/online/wire.js';
 import type { Range } from '../src/online/ranges.js';
 
 /** A chunk whose used ranges hold text-like data (repeating across chunks) or random bytes. */
@@ -77,4 +78,33 @@ test('stream packing without compression sends raw', () => {
   const p = new StreamPacker(undefined).pack(chunk, ranges);
   assert.equal(p.codec, CODEC_RAW);
   assert.equal(p.payload.length, ranges.reduce((n, r) => n + r.length, 0));
+});
+
+test('a long window finds data repeated 40 MiB later (an 8 MiB one does not); the receiver decodes it; the window follows the data to send', () => {
+  const block = randomBytes(CHUNK_SIZE);
+  const ranges: Range[] = [{ offset: 0, length: CHUNK_SIZE }];
+  const sent = (windowLog: number) => {
+    const packer = new StreamPacker(3, windowLog);
+    const unpacker = new StreamUnpacker();
+    const out = Buffer.alloc(CHUNK_SIZE);
+    let last = 0;
+    // The block, 40 chunks of other random data, then the block again.
+    for (let i = 0; i < 42; i++) {
+      const chunk = i === 0 || i === 41 ? block : randomBytes(CHUNK_SIZE);
+      const p = packer.pack(chunk, ranges);
+      unpackChunk(out, CHUNK_SIZE, ranges, p.codec, p.payload, p.digest, unpacker);
+      assert.ok(out.equals(chunk), `chunk ${i} decodes (window 2^${windowLog})`);
+      last = p.payload.length;
+    }
+    return last;
+  };
+  const long = sent(26);
+  const short = sent(23);
+  assert.ok(long < CHUNK_SIZE / 20, `the repeat costs ${long} bytes with a 64 MiB window`);
+  assert.ok(short > CHUNK_SIZE * 0.99, `and ${short} bytes with an 8 MiB one`);
+  assert.throws(() => new StreamPacker(3, 27), RangeError, 'no window the receiver would refuse');
+  assert.equal(streamWindowLog(400e6, 1), 26);
+  assert.equal(streamWindowLog(80 * 2 ** 20, 1), 24);
+  assert.equal(streamWindowLog(1e6, 1), 20);
+  assert.equal(streamWindowLog(400e6, 4), 24);
 });

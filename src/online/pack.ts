@@ -9,7 +9,7 @@ import { FerryError } from '../errors.js';
 import { zstd, type ZstdCCtx, type ZstdDCtx } from '../lazy-modules.js';
 import { decompressInto } from '../image/decompress.js';
 import type { Range } from './ranges.js';
-import { CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_STREAM, STREAM_WINDOW_LOG, chunkDigest, protocolError } from './wire.js';
+import { CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_STREAM, STREAM_WINDOW_LOG_MAX, chunkDigest, protocolError } from './wire.js';
 
 
 let cctx: ZstdCCtx | undefined;
@@ -60,20 +60,23 @@ export function packChunk(chunk: Buffer, ranges: Range[], level: number | undefi
 }
 
 /**
- * One data connection's compressor: chunks go through one zstd stream (level `level`, an 8 MiB
- * window), flushed after each, so a chunk's payload decodes only after the ones packed before it
- * on the same connection. A new connection needs a new packer (the receiver starts a new stream).
+ * One data connection's compressor: chunks go through one zstd stream (level `level`, a window of
+ * 2^windowLog bytes, long-distance matching from 16 MiB up), flushed after each, so a chunk's
+ * payload decodes only after the ones packed before it on the same connection. A new connection
+ * needs a new packer (the receiver starts a new stream).
  */
 export class StreamPacker {
   private readonly cctx: ZstdCCtx | undefined;
   private out = Buffer.alloc(0);
 
-  constructor(level: number | undefined) {
+  constructor(level: number | undefined, windowLog = 23) {
     if (level === undefined) return;
+    if (!Number.isInteger(windowLog) || windowLog < 10 || windowLog > STREAM_WINDOW_LOG_MAX) throw new RangeError(`windowLog ${windowLog} is outside 10..${STREAM_WINDOW_LOG_MAX}`);
     const z = zstd();
     this.cctx = new z.CCtx();
     this.cctx.setParameter(z.CParameter.compressionLevel, level);
-    this.cctx.setParameter(z.CParameter.windowLog, STREAM_WINDOW_LOG);
+    this.cctx.setParameter(z.CParameter.windowLog, windowLog);
+    if (windowLog >= 24) this.cctx.setParameter(z.CParameter.enableLongDistanceMatching, 1);
   }
 
   pack(chunk: Buffer, ranges: Range[], digest: Buffer = chunkDigest(ranges, chunk)): Packed {
@@ -110,7 +113,7 @@ export class StreamUnpacker {
     const z = zstd();
     if (!this.dctx) {
       this.dctx = new z.DCtx();
-      this.dctx.setParameter(z.DParameter.windowLogMax, STREAM_WINDOW_LOG);
+      this.dctx.setParameter(z.DParameter.windowLogMax, STREAM_WINDOW_LOG_MAX);
     }
     let src = payload;
     let produced = 0;

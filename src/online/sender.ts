@@ -1,10 +1,13 @@
 // `ferry migrate`: streams a running server's disks to a receiver (`ferry receive`) over TLS.
 //
 // Per round, each disk is mapped again (disk-map.ts: ext4 used blocks from the file system's own
-// bitmaps; other content whole), cut into 4 MiB chunks, each chunk read (used ranges only, the
-// rest as zeros), digested and packed (zstd when it pays), and — unless the receiver already holds
-// a chunk with that digest — sent over several TLS streams in parallel, within the bandwidth
-// limit; the receiver acknowledges each chunk once it is checked and written. The first round
+// bitmaps; other content whole), cut into 1 MiB chunks, each chunk read (used ranges only, the
+// rest as zeros), digested and packed (one zstd stream per connection, its window up to 64 MiB so
+// repeats far apart are found), and — unless the receiver already holds a chunk with that digest —
+// sent within the bandwidth limit, over one TLS stream by default (`streams` more for links where
+// one TCP flow falls short; each stream has its own compression context), up to WINDOW chunks
+// ahead of the receiver's acknowledgements; the receiver acknowledges each chunk once it is
+// checked and written. The first round
 // sends everything; later rounds only what changed; the last can freeze file systems (fsfreeze,
 // thawed whatever happens) for a consistent cutover. A dropped connection is retried with backoff
 // and the chunks in flight are sent again; a restarted sender learns from the receiver what it
@@ -26,7 +29,7 @@ import { mapDisk, type DiskMap, type RegionInfo } from './disk-map.js';
 import { normaliseFingerprint } from './identity.js';
 import { StreamPacker } from './pack.js';
 import { clipRanges, type Range } from './ranges.js';
-import { CHUNK_SIZE, FrameReader, PROTOCOL_VERSION, chunkDigest, decodeAck, decodeKnown, encodeDataHeader, json, protocolError, sendFrame, type Frame } from './wire.js';
+import { CHUNK_SIZE, FrameReader, PROTOCOL_VERSION, chunkDigest, streamWindowLog, decodeAck, decodeKnown, encodeDataHeader, json, protocolError, sendFrame, type Frame } from './wire.js';
 
 const run = promisify(execFile);
 
@@ -48,7 +51,7 @@ export interface MigrateOptions {
   bandwidth?: number;
   /** Rounds in all (default 1; each after the first sends only what changed). */
   rounds?: number;
-  /** Parallel TLS streams (default 4). */
+  /** Parallel TLS streams (default 1: one compression context over the whole disk). */
   streams?: number;
   /** zstd level, or undefined for no compression (default 3). */
   level?: number | undefined;
@@ -273,7 +276,7 @@ async function runHook(command: string): Promise<void> {
 export async function migrate(opts: MigrateOptions): Promise<MigrateReport> {
   const started = Date.now();
   const rounds = opts.rounds ?? 1;
-  const streams = opts.streams ?? 4;
+  const streams = opts.streams ?? 1;
   const level = 'level' in opts ? opts.level : 3;
   if (!Number.isInteger(rounds) || rounds < 1 || rounds > 100) throw new FerryError('USAGE', `--rounds must be 1 to 100, not ${rounds}`, { remedy: 'For example --rounds 2.' });
   if (!Number.isInteger(streams) || streams < 1 || streams > 32) throw new FerryError('USAGE', `--streams must be 1 to 32, not ${streams}`, { remedy: 'For example --streams 4.' });
@@ -361,6 +364,9 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateReport> {
   }
 }
 
+/** Chunks a data stream may have sent but not yet had acknowledged (FERRY_MIGRATE_WINDOW: experiments). */
+const WINDOW = Math.max(1, Number(process.env.FERRY_MIGRATE_WINDOW) || 32);
+
 /** One round: every mapped chunk whose digest the receiver does not hold is sent. */
 async function sendRound(
   opts: MigrateOptions,
@@ -395,22 +401,81 @@ async function sendRound(
   };
 
   // Each stream takes runs of consecutive chunks: its compressor then has neighbouring data as
-  // context (a stream sees one run after another, not every fourth chunk).
+  // context (a stream sees one run after another, not every fourth chunk). A stream keeps up to
+  // WINDOW chunks sent but not yet acknowledged, so the link stays busy while the receiver writes
+  // and acknowledges (one chunk at a time would leave it idle a round trip per chunk: on a 100 ms
+  // WAN link, 4 streams × 1 MiB per round trip is 40 MB/s at most).
   const RUN = 16;
+  const windowLog = streamWindowLog(sources.reduce((n, s) => n + s.map.used, 0), streams);
   const worker = async (n: number) => {
     let conn: Conn | undefined;
     let packer: StreamPacker | undefined;
     let run: ChunkJob[] = [];
+    /** Sent on this connection, acknowledgement awaited (in order). */
+    let inflight: { job: ChunkJob; digest: string; bodyLength: number; rawBytes: number }[] = [];
     const next = (): ChunkJob | undefined => {
       if (run.length === 0) run = queue.splice(0, RUN);
       return run.shift();
     };
     let giveUpAt = deadline();
     let attempt = 0;
+    /** Takes the next acknowledgement: the oldest chunk in flight is on the receiver's disk. */
+    const settleOne = async () => {
+      const ack = decodeAck((await expect(conn!, 'A')).payload);
+      const p = inflight[0]!;
+      if (ack.disk !== p.job.disk || ack.offset !== p.job.offset) throw protocolError('an acknowledgement for another chunk');
+      inflight.shift();
+      sources[p.job.disk]!.digests.set(p.job.offset, p.digest);
+      chunksDone++;
+      chunksSent++;
+      bytesSent += p.bodyLength;
+      dataBytes += p.rawBytes;
+      attempt = 0;
+      giveUpAt = deadline();
+      progress();
+    };
+    /**
+     * After a failure on the connection: requeues what was in flight (and `unsent`) and waits
+     * before the next attempt; true when the migration must stop instead (a refusal, or retries
+     * exhausted).
+     */
+    const connectionLost = async (err: unknown, unsent: ChunkJob[]): Promise<boolean> => {
+      conn?.socket.destroy();
+      conn = undefined;
+      packer = undefined;
+      // What was in flight on the lost connection is sent again (on a new stream).
+      const lost = [...inflight.map((p) => p.job), ...unsent];
+      inflight = [];
+      const fe = err instanceof FerryError ? err : undefined;
+      // Refusals are final; a lost connection is retried (the chunks go back in the queue).
+      if (fe && !['RECEIVER_UNREACHABLE', 'PROTOCOL_ERROR'].includes(fe.code)) {
+        failure ??= err;
+        return true;
+      }
+      if (!fe && (err as Error)?.name === 'AbortError') throw err;
+      retry.push(...lost);
+      if (Date.now() > giveUpAt) {
+        failure ??= err;
+        return true;
+      }
+      attempt++;
+      emit({ event: 'reconnect', attempt, reason: (err as Error).message });
+      await new Promise((r) => setTimeout(r, Math.min(10_000, 250 * 2 ** Math.min(attempt, 6))));
+      return false;
+    };
     while (!failure) {
       if (opts.signal?.aborted) throw new FerryError('INTERRUPTED', 'the migration was interrupted', { remedy: 'Run the same command again: it resumes, sending only what the receiver does not hold.' });
       const job = retry.shift() ?? next();
-      if (!job) break;
+      if (!job) {
+        if (inflight.length === 0) break;
+        // Nothing left to send: collect the acknowledgements of what is in flight.
+        try {
+          await settleOne();
+        } catch (err) {
+          if (await connectionLost(err, [])) break;
+        }
+        continue;
+      }
       const s = sources[job.disk]!;
       const data = await readChunk(s.image, job);
       // The digest first: a chunk the receiver already holds is neither compressed nor sent.
@@ -421,45 +486,22 @@ async function sendRound(
         progress();
         continue;
       }
+      let sent = false;
       try {
         if (!conn) {
           conn = await open(opts, 'data', hello);
-          packer = new StreamPacker(level); // the receiver starts a new stream with each connection
+          packer = new StreamPacker(level, windowLog); // the receiver starts a new stream with each connection
         }
         const packed = packer!.pack(data, job.ranges, digestBytes);
         const header = encodeDataHeader({ disk: job.disk, offset: job.offset, length: job.length, codec: packed.codec, digest: packed.digest, ranges: job.ranges });
         const body = Buffer.concat([header, packed.payload]);
         await limiter?.take(body.length, opts.signal);
         await sendFrame(conn.socket, 'D', body);
-        const ack = decodeAck((await expect(conn, 'A')).payload);
-        if (ack.disk !== job.disk || ack.offset !== job.offset) throw protocolError('an acknowledgement for another chunk');
-        s.digests.set(job.offset, digest);
-        chunksDone++;
-        chunksSent++;
-        bytesSent += body.length;
-        dataBytes += packed.rawBytes;
-        attempt = 0;
-        giveUpAt = deadline();
-        progress();
+        inflight.push({ job, digest, bodyLength: body.length, rawBytes: packed.rawBytes });
+        sent = true;
+        while (inflight.length >= WINDOW) await settleOne();
       } catch (err) {
-        conn?.socket.destroy();
-        conn = undefined;
-        packer = undefined;
-        const fe = err instanceof FerryError ? err : undefined;
-        // Refusals are final; a lost connection is retried (the chunk goes back in the queue).
-        if (fe && !['RECEIVER_UNREACHABLE', 'PROTOCOL_ERROR'].includes(fe.code)) {
-          failure ??= err;
-          break;
-        }
-        if (!fe && (err as Error)?.name === 'AbortError') throw err;
-        retry.push(job);
-        if (Date.now() > giveUpAt) {
-          failure ??= err;
-          break;
-        }
-        attempt++;
-        emit({ event: 'reconnect', attempt, reason: (err as Error).message });
-        await new Promise((r) => setTimeout(r, Math.min(10_000, 250 * 2 ** Math.min(attempt, 6))));
+        if (await connectionLost(err, sent ? [] : [job])) break;
       }
     }
     conn?.socket.end();

@@ -80,7 +80,7 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
     .option('--disk <source=name>', 'a source disk and the receiver\'s name for it (repeatable): /dev/vda=root', collect)
     .option('--bandwidth <rate>', 'limit the rate on the wire: bytes/s (10M) or bits/s (80Mbit)')
     .option('--rounds <n>', 'rounds in all; each after the first sends only what changed (default 1)')
-    .option('--streams <n>', 'parallel TLS streams (default 4)')
+    .option('--streams <n>', 'parallel TLS streams, each compressing on its own (default 1: one context finds repeats across the whole disk; more for long, lossy links)')
     .option('--level <n>', 'zstd level 1–19 (default 3)')
     .option('--no-compress', 'send data uncompressed')
     .option('--freeze <mountpoint>', 'freeze this file system during the last round (repeatable)', collect)
