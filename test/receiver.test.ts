@@ -186,3 +186,33 @@ test('ferry import onto a receiver\'s disk (ferry://HOST:PORT/NAME): written, re
   assert.equal(bad.code, 10);
   assert.equal((JSON.parse(bad.stdout) as { error: { code: string } }).error.code, 'TOKEN_REJECTED');
 });
+
+test('a sender writing ahead of its acknowledgements gets the error of a bad chunk and the connection ends (no hang); data connections are offered a window within the budget', async () => {
+  const s = await session();
+  const welcome = JSON.parse(s.welcome.slice(2)) as { maxWindowLog?: number };
+  assert.equal(welcome.maxWindowLog, 26, 'one data connection: a 64 MiB window');
+  const second = await session();
+  assert.equal((JSON.parse(second.welcome.slice(2)) as { maxWindowLog?: number }).maxWindowLog, 26, 'two: 256 MiB / 2 is still above the cap');
+  second.socket.destroy();
+  const ranges = [{ offset: 0, length: MiB }];
+  const good = randomBytes(MiB);
+  const frameFor = (offset: number, damaged: boolean) => {
+    const data = damaged ? Buffer.from(good).fill(7, 0, 16) : good;
+    return Buffer.concat([encodeDataHeader({ disk: 0, offset, length: MiB, codec: CODEC_RAW, digest: chunkDigest(ranges, good), ranges }), data]);
+  };
+  const closed = new Promise<number>((resolve) => s.socket.once('close', () => resolve(Date.now())));
+  s.socket.on('error', () => {});
+  // 32 frames written without reading a reply; the second one is damaged.
+  const started = Date.now();
+  const writes: Promise<void>[] = [];
+  for (let i = 0; i < 32; i++) writes.push(sendFrame(s.socket, 'D', frameFor((i % 4) * MiB, i === 1)).catch(() => {}));
+  const end = await Promise.race([closed, new Promise<number>((resolve) => setTimeout(() => resolve(-1), 15_000))]);
+  assert.notEqual(end, -1, 'the receiver ended the connection');
+  assert.ok(end - started < 10_000, `ended after ${end - started} ms`);
+  await Promise.all(writes);
+  const first = await s.reader.next();
+  const then = await s.reader.next();
+  assert.equal(first?.type, 'A');
+  assert.equal(then?.type, 'E');
+  assert.equal((JSON.parse(then!.payload.toString()) as { code: string }).code, 'CHECKSUM_MISMATCH');
+});

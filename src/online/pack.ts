@@ -108,12 +108,15 @@ export class StreamPacker {
 export class StreamUnpacker {
   private dctx: ZstdDCtx | undefined;
 
+  /** `windowLogMax`: the largest window this connection was offered (the receiver's memory for it). */
+  constructor(private readonly windowLogMax = STREAM_WINDOW_LOG_MAX) {}
+
   /** Decodes a chunk's payload into `out` (exactly its length, or a protocol error). */
   decode(payload: Buffer, out: Buffer): void {
     const z = zstd();
     if (!this.dctx) {
       this.dctx = new z.DCtx();
-      this.dctx.setParameter(z.DParameter.windowLogMax, STREAM_WINDOW_LOG_MAX);
+      this.dctx.setParameter(z.DParameter.windowLogMax, this.windowLogMax);
     }
     let src = payload;
     let produced = 0;

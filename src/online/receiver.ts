@@ -24,6 +24,7 @@ import {
   CHUNK_SIZE,
   FrameReader,
   PROTOCOL_VERSION,
+  STREAM_WINDOW_LOG_MAX,
   chunkDigest,
   decodeData,
   encodeAck,
@@ -121,6 +122,10 @@ function wrote(d: OpenDisk, n: number): number[] | undefined {
 
 const SEEK_END = 2;
 const HELLO_TIMEOUT_MS = 15_000;
+/** How long a connection that got an error frame stays open (for the error to be read). */
+const FAIL_GRACE_MS = 2000;
+/** Memory for all data connections' decompression windows together. */
+const DECODER_BUDGET = 256 * 1024 * 1024;
 
 function parseListen(listen: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(listen);
@@ -194,9 +199,13 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
     emit({ event: 'rejected', remote: socket.remoteAddress, reason: `not a TLS client, or the TLS handshake failed (${(err as NodeJS.ErrnoException).code ?? err.message})` });
   });
 
+  let dataConnections = 0;
   const fail = async (socket: TLSSocket, err: FerryError) => {
     await sendFrame(socket, 'E', { code: err.code, message: err.message, remedy: err.remedy }).catch(() => {});
     socket.end();
+    // A sender may still be writing frames it sent ahead, which nobody reads now: the connection
+    // goes away shortly after the error (its writes then fail, and it reads the error sent).
+    setTimeout(() => socket.destroy(), FAIL_GRACE_MS).unref();
   };
 
   async function serve(socket: TLSSocket): Promise<void> {
@@ -228,7 +237,10 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
       mapped.push(d);
     }
     emit({ event: 'connected', remote: socket.remoteAddress, role: h.role, disks: mapped.map((d) => d.name) });
-    await sendFrame(socket, 'W', { receiver: { version: PROTOCOL_VERSION }, disks: mapped.map((d) => ({ name: d.name, size: d.size, chunkSize: CHUNK_SIZE })) });
+    // Data connections share a budget for their decompressors' windows: each is offered at most
+    // its share (64 MiB for one, 16 MiB each for sixteen), and the sender compresses within it.
+    const windowLog = h.role === 'data' ? Math.min(STREAM_WINDOW_LOG_MAX, Math.max(20, Math.floor(Math.log2(DECODER_BUDGET / (dataConnections + 1))))) : undefined;
+    await sendFrame(socket, 'W', { receiver: { version: PROTOCOL_VERSION }, disks: mapped.map((d) => ({ name: d.name, size: d.size, chunkSize: CHUNK_SIZE })), ...(windowLog ? { maxWindowLog: windowLog } : {}) });
     if (h.role === 'control') {
       for (let i = 0; i < mapped.length; i++) {
         const rows = knownOf.all(mapped[i]!.target) as { offset: number; digest: Buffer }[];
@@ -240,14 +252,19 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
     }
     const chunk = Buffer.allocUnsafe(CHUNK_SIZE);
     // This connection's compressed stream: its chunks are decoded in the order they arrive.
-    const stream = new StreamUnpacker();
-    for (let f = await reader.next(); f; f = await reader.next()) {
-      try {
-        await handle(socket, f, mapped, chunk, stream);
-      } catch (err) {
-        if (err instanceof FerryError) return fail(socket, err);
-        throw err;
+    const stream = new StreamUnpacker(windowLog);
+    if (h.role === 'data') dataConnections++;
+    try {
+      for (let f = await reader.next(); f; f = await reader.next()) {
+        try {
+          await handle(socket, f, mapped, chunk, stream);
+        } catch (err) {
+          if (err instanceof FerryError) return fail(socket, err);
+          throw err;
+        }
       }
+    } finally {
+      if (h.role === 'data') dataConnections--;
     }
     emit({ event: 'closed', remote: socket.remoteAddress, role: h.role });
   }

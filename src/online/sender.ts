@@ -152,7 +152,7 @@ function remoteError(f: Frame): FerryError {
 export interface ReceiverConn extends Conn {
   /** Per disk of the hello: chunk offset → digest the receiver holds (control role only). */
   known: Map<number, string>[];
-  welcome: { disks: { name: string; size: number; chunkSize: number }[] };
+  welcome: { disks: { name: string; size: number; chunkSize: number }[]; maxWindowLog?: number };
   /** The next frame, which must be of `type` (an error frame becomes its error). */
   expect(type: Frame['type']): Promise<Frame>;
 }
@@ -364,6 +364,9 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateReport> {
   }
 }
 
+/** A data connection, with what its acknowledgement reader found (the error that ended it) and its waiter. */
+type DataConn = ReceiverConn & { failure?: unknown; wake?: (() => void) | undefined };
+
 /** Chunks a data stream may have sent but not yet had acknowledged (FERRY_MIGRATE_WINDOW: experiments). */
 const WINDOW = Math.max(1, Number(process.env.FERRY_MIGRATE_WINDOW) || 32);
 
@@ -408,38 +411,69 @@ async function sendRound(
   const RUN = 16;
   const windowLog = streamWindowLog(sources.reduce((n, s) => n + s.map.used, 0), streams);
   const worker = async (n: number) => {
-    let conn: Conn | undefined;
+    /**
+     * The data connection: its acknowledgements are read as they come (a reader of their own), so
+     * a refusal ('E') is seen at once — even while this stream waits to write into a full socket
+     * — and ends the connection (a pending write then fails) with the receiver's own error.
+     */
+    let conn: DataConn | undefined;
     let packer: StreamPacker | undefined;
     let run: ChunkJob[] = [];
     /** Sent on this connection, acknowledgement awaited (in order). */
-    let inflight: { job: ChunkJob; digest: string; bodyLength: number; rawBytes: number }[] = [];
+    let inflight: { job: ChunkJob; digest: string; rawBytes: number }[] = [];
     const next = (): ChunkJob | undefined => {
       if (run.length === 0) run = queue.splice(0, RUN);
       return run.shift();
     };
     let giveUpAt = deadline();
     let attempt = 0;
-    /** Takes the next acknowledgement: the oldest chunk in flight is on the receiver's disk. */
-    const settleOne = async () => {
-      const ack = decodeAck((await expect(conn!, 'A')).payload);
-      const p = inflight[0]!;
-      if (ack.disk !== p.job.disk || ack.offset !== p.job.offset) throw protocolError('an acknowledgement for another chunk');
+    /** An acknowledgement: the oldest chunk in flight is on the receiver's disk. */
+    const acknowledged = (payload: Buffer) => {
+      const ack = decodeAck(payload);
+      const p = inflight[0];
+      if (!p || ack.disk !== p.job.disk || ack.offset !== p.job.offset) throw protocolError('an acknowledgement for another chunk');
       inflight.shift();
       sources[p.job.disk]!.digests.set(p.job.offset, p.digest);
       chunksDone++;
       chunksSent++;
-      bytesSent += p.bodyLength;
       dataBytes += p.rawBytes;
       attempt = 0;
       giveUpAt = deadline();
       progress();
     };
+    const readAcks = async (c: DataConn) => {
+      try {
+        for (;;) {
+          const f = await c.reader.next();
+          if (!f) throw new FerryError('RECEIVER_UNREACHABLE', 'the receiver closed the connection', { remedy: 'See the receiver\'s log; run the migration again to resume.' });
+          if (f.type === 'E') throw remoteError(f);
+          if (f.type !== 'A') throw protocolError(`expected 'A', got '${f.type}'`);
+          acknowledged(f.payload);
+          c.wake?.();
+        }
+      } catch (err) {
+        c.failure ??= err;
+        c.socket.destroy();
+        c.wake?.();
+      }
+    };
+    /** Waits until fewer than `limit` chunks are in flight (or the connection failed: throws its error). */
+    const inflightBelow = async (limit: number) => {
+      const c = conn!;
+      while (inflight.length >= limit) {
+        if (c.failure) throw c.failure;
+        await new Promise<void>((r) => (c.wake = r));
+        c.wake = undefined;
+      }
+      if (c.failure && inflight.length > 0) throw c.failure;
+    };
     /**
      * After a failure on the connection: requeues what was in flight (and `unsent`) and waits
      * before the next attempt; true when the migration must stop instead (a refusal, or retries
-     * exhausted).
+     * exhausted). The receiver's own error, when it sent one, is the one that counts.
      */
-    const connectionLost = async (err: unknown, unsent: ChunkJob[]): Promise<boolean> => {
+    const connectionLost = async (localError: unknown, unsent: ChunkJob[]): Promise<boolean> => {
+      const err = conn?.failure instanceof FerryError && conn.failure.code !== 'RECEIVER_UNREACHABLE' ? conn.failure : localError;
       conn?.socket.destroy();
       conn = undefined;
       packer = undefined;
@@ -468,9 +502,9 @@ async function sendRound(
       const job = retry.shift() ?? next();
       if (!job) {
         if (inflight.length === 0) break;
-        // Nothing left to send: collect the acknowledgements of what is in flight.
+        // Nothing left to send: wait for the acknowledgements of what is in flight.
         try {
-          await settleOne();
+          await inflightBelow(1);
         } catch (err) {
           if (await connectionLost(err, [])) break;
         }
@@ -489,17 +523,23 @@ async function sendRound(
       let sent = false;
       try {
         if (!conn) {
-          conn = await open(opts, 'data', hello);
-          packer = new StreamPacker(level, windowLog); // the receiver starts a new stream with each connection
+          const c: DataConn = await open(opts, 'data', hello);
+          conn = c;
+          // The receiver starts a new stream with each connection, and offers it a window.
+          const offered = Number.isInteger(c.welcome.maxWindowLog) ? Math.max(10, c.welcome.maxWindowLog!) : 23;
+          packer = new StreamPacker(level, Math.min(windowLog, offered));
+          void readAcks(c);
         }
+        if (conn.failure) throw conn.failure;
         const packed = packer!.pack(data, job.ranges, digestBytes);
         const header = encodeDataHeader({ disk: job.disk, offset: job.offset, length: job.length, codec: packed.codec, digest: packed.digest, ranges: job.ranges });
         const body = Buffer.concat([header, packed.payload]);
         await limiter?.take(body.length, opts.signal);
-        await sendFrame(conn.socket, 'D', body);
-        inflight.push({ job, digest, bodyLength: body.length, rawBytes: packed.rawBytes });
+        inflight.push({ job, digest, rawBytes: packed.rawBytes });
         sent = true;
-        while (inflight.length >= WINDOW) await settleOne();
+        await sendFrame(conn.socket, 'D', body);
+        bytesSent += body.length; // everything put on the wire, resent chunks included
+        await inflightBelow(WINDOW);
       } catch (err) {
         if (await connectionLost(err, sent ? [] : [job])) break;
       }
