@@ -99,7 +99,7 @@ export class Reporter {
         this.dirty = true;
         this.schedule(0);
       }
-    }, beat);
+    }, Math.max(50, beat / 2));
     this.heartbeat.unref();
   }
 
