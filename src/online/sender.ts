@@ -445,6 +445,8 @@ async function sendRound(
       try {
         for (;;) {
           const f = await c.reader.next();
+          // A connection given up on: its late frames must not settle chunks in flight on the next.
+          if (conn !== c) return;
           if (!f) throw new FerryError('RECEIVER_UNREACHABLE', 'the receiver closed the connection', { remedy: 'See the receiver\'s log; run the migration again to resume.' });
           if (f.type === 'E') throw remoteError(f);
           if (f.type !== 'A') throw protocolError(`expected 'A', got '${f.type}'`);
