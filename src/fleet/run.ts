@@ -7,6 +7,7 @@
 // record (state.ts) makes a re-run skip the hosts that succeeded.
 import { basename } from 'node:path';
 import { ErrorCodes, FerryError, type ErrorCode } from '../errors.js';
+import { roundShare } from '../online/progress.js';
 import type { MigrateEvent, MigrateReport } from '../online/sender.js';
 import { requireAgent } from './agent.js';
 import type { FleetHost, Inventory } from './inventory.js';
@@ -171,7 +172,7 @@ export async function runFleet(inv: Inventory, opts: FleetOptions = {}): Promise
             moving = e.disks.reduce((n, d) => n + d.used, 0);
             update(h.name, { phase: 'migrating', bytesToMove: moving, percent: 0 }, true);
           } else if (e.event === 'progress') {
-            update(h.name, { phase: 'migrating', bytesSent: e.bytesSent, percent: e.chunks ? Math.floor((100 * e.chunksDone) / e.chunks) : 0, rate: e.rate, ...(e.etaSeconds !== undefined ? { etaSeconds: e.etaSeconds } : {}) });
+            update(h.name, { phase: 'migrating', bytesSent: e.bytesSent, percent: Math.floor(100 * roundShare(e)), rate: e.rate, ...(e.etaSeconds !== undefined ? { etaSeconds: e.etaSeconds } : {}) });
           } else if (e.event === 'round') {
             update(h.name, { phase: 'verifying', percent: 100 }, true);
           }

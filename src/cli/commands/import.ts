@@ -7,7 +7,7 @@ import { humanBytes } from '../format.js';
 import { makeOutput, type Output } from '../output.js';
 import { startProgress } from '../progress.js';
 import type { RunState } from '../main.js';
-import { addReportOptions, formatOption, interruptSignal, lazyFn, openReporter, type ReportFlags, usage } from './shared.js';
+import { addReportOptions, formatOption, interruptSignal, lazyFn, openReporter, type ReportFlags, usage, withReport } from './shared.js';
 import { addStoreOptions, storeOptions, type StoreFlags } from './transfer.js';
 
 const runImport = lazyFn(() => import('../../jobs/import-job.js'), 'runImport');
@@ -40,36 +40,36 @@ export function registerImportCommand(program: Command, state: RunState): void {
   )).action(async (source: string, flags: ImportFlags) => {
     const out = makeOutput(!!flags.json);
     const reporter = await openReporter({ url: flags.report, token: flags.reportToken, id: flags.reportId }, { kind: 'import', source, target: flags.target, idParts: ['import', flags.target] }, !!flags.json);
-    const outcome = await runWithProgress(!!flags.json, (opts) =>
-      runImport(
-        {
-          source,
-          target: flags.target,
-          ...(flags.format ? { format: flags.format } : {}),
-          ...(flags.verify ? { verify: true } : {}),
-          ...(flags.overwrite ? { overwrite: true } : {}),
-          store: storeOptions({ ...flags, ...(flags.virtualHost ? { pathStyle: false } : {}) }),
-          ...(flags.fingerprint ? { remote: { fingerprint: flags.fingerprint, token: remoteToken(flags) } } : {}),
-        },
-        {
-          ...opts,
-          onProgress: (p) => {
-            opts.onProgress?.(p);
-            reporter?.progress(p.position, p.total);
-          },
-          onPhase: (phase) => reporter?.update({ state: phase, phase }),
-          onJob: (job, resuming) => {
-            reporter?.update({ phase: resuming ? `job ${job.id}, resuming at ${job.committed} bytes` : `job ${job.id}` });
-            out.note(resuming ? `job ${job.id}: resuming at ${humanBytes(job.committed)} (${job.committed} bytes)` : `job ${job.id}`);
-          },
-        },
-      ),
-    ).catch(async (err: unknown) => {
-      if (reporter) await reporter.finish((await import('../../server/reporter.js')).failureReport(err));
-      throw err;
-    });
-    const r = outcome.result;
-    await reporter?.finish({ state: 'succeeded', phase: `job ${outcome.job.id}, verified: ${r.verified}`, bytesDone: r.virtualSize, bytesTotal: r.virtualSize });
+    const outcome = await withReport(
+      reporter,
+      () =>
+        runWithProgress(!!flags.json, (opts) =>
+          runImport(
+            {
+              source,
+              target: flags.target,
+              ...(flags.format ? { format: flags.format } : {}),
+              ...(flags.verify ? { verify: true } : {}),
+              ...(flags.overwrite ? { overwrite: true } : {}),
+              store: storeOptions({ ...flags, ...(flags.virtualHost ? { pathStyle: false } : {}) }),
+              ...(flags.fingerprint ? { remote: { fingerprint: flags.fingerprint, token: remoteToken(flags) } } : {}),
+            },
+            {
+              ...opts,
+              onProgress: (p) => {
+                opts.onProgress?.(p);
+                reporter?.progress(p.position, p.total);
+              },
+              onPhase: (phase) => reporter?.update({ state: phase, phase }),
+              onJob: (job, resuming) => {
+                reporter?.update({ phase: resuming ? `job ${job.id}, resuming at ${job.committed} bytes` : `job ${job.id}` });
+                out.note(resuming ? `job ${job.id}: resuming at ${humanBytes(job.committed)} (${job.committed} bytes)` : `job ${job.id}`);
+              },
+            },
+          ),
+        ),
+      (o) => ({ phase: `job ${o.job.id}, verified: ${o.result.verified}`, bytesDone: o.result.virtualSize, bytesTotal: o.result.virtualSize }),
+    );
     printImportOutcome(out, outcome);
   });
 }

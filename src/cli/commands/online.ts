@@ -1,12 +1,13 @@
 // `ferry receive` (migration mode on the target machine) and `ferry migrate` (on the source):
 // option parsing, JSON-lines events, and rendering for src/online/.
 import type { Command } from 'commander';
+import { roundShare } from '../../online/progress.js';
 import type { MigrateEvent } from '../../online/sender.js';
 import { existsSync, writeFileSync } from 'node:fs';
 import { humanBytes } from '../format.js';
 import { makeOutput } from '../output.js';
 import type { RunState } from '../main.js';
-import { addReportOptions, intArg, interruptSignal, lazyFn, openReporter, type ReportFlags, usage } from './shared.js';
+import { addReportOptions, intArg, interruptSignal, lazyFn, openReporter, type ReportFlags, usage, withReport } from './shared.js';
 import { parseRate } from './transfer.js';
 
 const migrate = lazyFn(() => import('../../online/sender.js'), 'migrate');
@@ -117,10 +118,8 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
             toMove = e.disks.reduce((a, d) => a + d.used, 0);
             reporter.update({ state: 'preflight', phase: 'preflight', bytesTotal: toMove });
           } else if (e.event === 'progress') {
-            // By chunks checked, in every round (a resumed or later round skips what the receiver
-            // holds); rate and ETA are the sender's own (on the wire).
-            const done = Math.round((toMove * e.chunksDone) / Math.max(1, e.chunks));
-            reporter.update({ state: 'running', phase: `round ${e.round}`, bytesDone: Math.min(done, toMove), bytesTotal: toMove, bytesSent: e.bytesSent, rate: e.rate, eta: e.etaSeconds ?? null });
+            // Rate and ETA are the sender's own (on the wire).
+            reporter.update({ state: 'running', phase: `round ${e.round}`, bytesDone: Math.round(toMove * roundShare(e)), bytesTotal: toMove, bytesSent: e.bytesSent, rate: e.rate, eta: e.etaSeconds ?? null });
           } else if (e.event === 'round') {
             const last = e.round >= (rounds ?? 1);
             reporter.update({ ...(last ? { state: 'verifying' as const } : {}), phase: `round ${e.round} done${e.frozen ? ' (frozen)' : ''}: ${e.chunksSent} of ${e.chunks} chunks sent${last ? '; verifying on the receiver' : ''}` });
@@ -145,25 +144,26 @@ export function registerOnlineCommands(program: Command, state: RunState): void 
         }
       };
       try {
-        const report = await migrate({
-          target: targetAddr,
-          token,
-          fingerprint,
-          disks,
-          level,
-          ...(bandwidth ? { bandwidth: parseRate(bandwidth) } : {}),
-          ...(rounds ? { rounds } : {}),
-          ...(streams ? { streams } : {}),
-          ...(freeze?.length ? { freeze } : {}),
-          ...(before ? { beforeFinalRound: before } : {}),
-          ...(flags.dryRun ? { dryRun: true } : {}),
-          signal,
-          onEvent,
-        }).catch(async (err: unknown) => {
-          if (reporter) await reporter.finish((await import('../../server/reporter.js')).failureReport(err));
-          throw err;
-        });
-        await reporter?.finish({ state: 'succeeded', phase: report.dryRun ? 'dry run' : `${report.rounds.length} round(s), verified`, bytesDone: toMove, bytesTotal: toMove, bytesSent: report.bytesSent });
+        const report = await withReport(
+          reporter,
+          () =>
+            migrate({
+              target: targetAddr,
+              token,
+              fingerprint,
+              disks,
+              level,
+              ...(bandwidth ? { bandwidth: parseRate(bandwidth) } : {}),
+              ...(rounds ? { rounds } : {}),
+              ...(streams ? { streams } : {}),
+              ...(freeze?.length ? { freeze } : {}),
+              ...(before ? { beforeFinalRound: before } : {}),
+              ...(flags.dryRun ? { dryRun: true } : {}),
+              signal,
+              onEvent,
+            }),
+          (r) => ({ phase: r.dryRun ? 'dry run' : `${r.rounds.length} round(s), verified`, bytesDone: toMove, bytesTotal: toMove, bytesSent: r.bytesSent }),
+        );
         out.result(report, () =>
           report.dryRun
             ? 'dry run: the receiver is reachable, accepted the token and has room for every disk'

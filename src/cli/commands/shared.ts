@@ -99,3 +99,24 @@ export async function openReporter(
     onWarning: (message) => process.stderr.write(json ? JSON.stringify({ warning: { code: 'REPORT_FAILED', message } }) + '\n' : `ferry: warning: ${message}\n`),
   });
 }
+
+type Reporter = import('../../server/reporter.js').Reporter;
+type FinalReport = Parameters<Reporter['finish']>[0];
+
+/**
+ * Runs a reported job: its final state goes to the control plane before the command ends — the
+ * failure (code, message, remedy) when `run` throws (then rethrown), else `succeeded(result)`.
+ * Without a reporter, just `run()`.
+ */
+export async function withReport<T>(reporter: Reporter | undefined, run: () => Promise<T>, succeeded: (result: T) => Omit<FinalReport, 'state'>): Promise<T> {
+  if (!reporter) return run();
+  let result: T;
+  try {
+    result = await run();
+  } catch (err) {
+    await reporter.finish((await import('../../server/reporter.js')).failureReport(err));
+    throw err;
+  }
+  await reporter.finish({ ...succeeded(result), state: 'succeeded' });
+  return result;
+}
