@@ -7,7 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -256,6 +256,10 @@ test('a reporter that stops reporting (kill -9) is shown as stale; a failed impo
   j = await reported('db3:data');
   assert.equal(j.state, 'running');
   assert.equal(j.stale, true, JSON.stringify(j));
+  // In the metrics too: counted as stale, not running, and without a progress series.
+  const metrics = (await call('/metrics', { auth: null })).doc as string;
+  assert.match(metrics, /^ferry_jobs\{kind="migration",state="stale"\} [1-9]/m);
+  assert.doesNotMatch(metrics, /ferry_job_bytes_done\{id="db3:data"/);
 
   const bad = ferryBg(['import', join(dir, 'notimg.bin'), '--format', 'qcow2', '--target', join(dir, 'rep-bad.raw'), '--report', base, '--report-token', reportToken, '--report-id', 'imp-host:bad', '--json']);
   assert.notEqual((await bad.done).code, 0);
@@ -318,10 +322,15 @@ test('reported jobs survive a restart of the server (kept in its state directory
     const put = a.put('h1:disk', { kind: 'migration', source: '/dev/vda', target: '10.0.0.2:7878 (root)', state: 'running', bytesDone: 5, bytesTotal: 10, rate: 1, eta: 5, started: null, finished: null, error: null });
     assert.equal(put.ok, true);
     a.put('h1:disk', { kind: 'migration', source: '/dev/vda', target: '10.0.0.2:7878 (root)', state: 'succeeded', bytesDone: 10, bytesTotal: 10, rate: null, eta: null, started: null, finished: '2026-01-01T00:00:00Z', error: null });
+    a.put('h2:disk', { kind: 'import', source: 's3://b/k', target: '/dev/sdb', state: 'failed', bytesDone: 0, bytesTotal: 10, rate: null, eta: null, started: null, finished: null, error: null });
+    a.delete('h2:disk');
+    await a.flush(); // files are written in the background, the latest report of each job
     const b = new ReportStore(d);
     assert.equal(b.get('h1:disk')?.state, 'succeeded');
     assert.equal(b.get('h1:disk')?.bytesDone, 10);
+    assert.equal(b.get('h2:disk'), undefined);
     assert.equal(b.list().length, 1);
+    assert.deepEqual(readdirSync(join(d, 'reports')), ['h1:disk.json']);
   } finally {
     rmSync(d, { recursive: true, force: true });
   }

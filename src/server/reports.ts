@@ -4,7 +4,10 @@
 // reporter is a remote program, its documents are input like any other) and the store: the latest
 // report of each job, kept in memory and in `STATE_DIR/reports/ID.json`, so a restarted server
 // still shows what it was told. A running job whose reporter falls silent is shown as `stale`.
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+// Files are written in the background, off the request path, and coalesced: a job that reports
+// faster than the disk keeps up with is written once with its latest report.
+import { readdirSync, readFileSync } from 'node:fs';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 
@@ -57,6 +60,11 @@ export interface StoredReport extends JobReport {
 export class ReportStore {
   private readonly reports = new Map<string, StoredReport>();
   private readonly dir: string;
+  /** Jobs whose file no longer matches memory (written, or removed when deleted). */
+  private readonly dirty = new Set<string>();
+  private writing: Promise<void> | undefined;
+  /** The first failure to keep a file (reported once; memory stays right meanwhile). */
+  private persistError: string | undefined;
 
   constructor(stateDir: string) {
     this.dir = join(stateDir, 'reports');
@@ -89,12 +97,42 @@ export class ReportStore {
     }
     const report: StoredReport = { ...parsed.data, id, reportedAt: now.toISOString(), reports: (this.reports.get(id)?.reports ?? 0) + 1 };
     this.reports.set(id, report);
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    const file = join(this.dir, `${id}.json`);
-    const tmp = `${file}.tmp`;
-    writeFileSync(tmp, JSON.stringify(report));
-    renameSync(tmp, file);
+    this.persist(id);
     return { ok: true, report };
+  }
+
+  /** Queues the job's file to be brought in line with memory. */
+  private persist(id: string): void {
+    this.dirty.add(id);
+    this.writing ??= this.writeDirty().finally(() => (this.writing = undefined));
+  }
+
+  private async writeDirty(): Promise<void> {
+    while (this.dirty.size > 0) {
+      const [id] = this.dirty;
+      this.dirty.delete(id!);
+      const file = join(this.dir, `${id}.json`);
+      const report = this.reports.get(id!);
+      try {
+        if (!report) {
+          await rm(file, { force: true });
+          continue;
+        }
+        await mkdir(this.dir, { recursive: true, mode: 0o700 });
+        await writeFile(`${file}.tmp`, JSON.stringify(report));
+        await rename(`${file}.tmp`, file);
+      } catch (err) {
+        if (this.persistError === undefined) {
+          this.persistError = `${file}: ${(err as Error).message}`;
+          process.stderr.write(`ferry server: warning: cannot keep reported jobs in ${this.dir} (${this.persistError}); they are kept in memory only\n`);
+        }
+      }
+    }
+  }
+
+  /** Resolves once every report received so far is in its file (before the server exits). */
+  async flush(): Promise<void> {
+    while (this.writing) await this.writing;
   }
 
   list(): StoredReport[] {
@@ -106,8 +144,9 @@ export class ReportStore {
   }
 
   delete(id: string): boolean {
-    rmSync(join(this.dir, `${id}.json`), { force: true });
-    return this.reports.delete(id);
+    const had = this.reports.delete(id);
+    this.persist(id);
+    return had;
   }
 }
 

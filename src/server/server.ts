@@ -347,12 +347,19 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     const all = await allJobs();
     const lines = ['# HELP ferry_jobs Jobs by kind and state.', '# TYPE ferry_jobs gauge'];
     const counts = new Map<string, number>();
-    for (const j of all) counts.set(`kind="${j.kind}",state="${j.state}"`, (counts.get(`kind="${j.kind}",state="${j.state}"`) ?? 0) + 1);
+    // A reported job whose reporter fell silent is counted as stale, not as running, and has no
+    // progress series (its last figures are not current).
+    for (const j of all) {
+      const k = `kind="${j.kind}",state="${j.stale ? 'stale' : j.state}"`;
+      counts.set(k, (counts.get(k) ?? 0) + 1);
+    }
     for (const [k, n] of counts) lines.push(`ferry_jobs{${k}} ${n}`);
+    const live = all.filter((j) => !j.finished && !j.stale);
+    const label = (v: string) => v.replace(/[\\"\n]/g, (c) => (c === '\n' ? '\\n' : `\\${c}`));
     lines.push('# HELP ferry_job_bytes_done Bytes done by running jobs.', '# TYPE ferry_job_bytes_done gauge');
-    for (const j of all) if (!j.finished) lines.push(`ferry_job_bytes_done{id="${j.id}",kind="${j.kind}"} ${j.bytesDone}`);
+    for (const j of live) lines.push(`ferry_job_bytes_done{id="${label(j.id)}",kind="${j.kind}"} ${j.bytesDone}`);
     lines.push('# HELP ferry_job_rate_bytes_per_second Current rate of running jobs.', '# TYPE ferry_job_rate_bytes_per_second gauge');
-    for (const j of all) if (!j.finished && j.rate !== null) lines.push(`ferry_job_rate_bytes_per_second{id="${j.id}",kind="${j.kind}"} ${j.rate}`);
+    for (const j of live) if (j.rate !== null) lines.push(`ferry_job_rate_bytes_per_second{id="${label(j.id)}",kind="${j.kind}"} ${j.rate}`);
     return lines.join('\n') + '\n';
   };
 
@@ -405,6 +412,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       clearInterval(sampler);
       await new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
+      await reports.flush();
       await imports.close();
     },
   };
