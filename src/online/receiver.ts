@@ -27,6 +27,7 @@ import {
   STREAM_WINDOW_LOG_MAX,
   chunkDigest,
   decodeData,
+  type DataHeader,
   encodeAck,
   encodeKnown,
   json,
@@ -86,6 +87,13 @@ interface OpenDisk {
   checked: Uint32Array;
   /** The background re-reading of flushed chunks, in order. */
   verifying?: Promise<void> | undefined;
+  /**
+   * Chunks being written, and when that write ends. A chunk resent on a new connection may still
+   * be in a dead connection's buffered frames: the two writes of it go one after the other, never
+   * interleaved (each writes its ranges in several steps), so the disk holds one whole version and
+   * the digest recorded last is that of the write that ended last.
+   */
+  writingChunks: Map<number, Promise<void>>;
 }
 
 /** Makes the per-chunk counters cover a disk of `size` bytes (it may have grown). */
@@ -152,7 +160,7 @@ async function openDisk(d: ReceiveDisk): Promise<OpenDisk> {
     throw new FerryError('TARGET_NOT_WRITABLE', `disk ${d.name}: cannot open ${d.path} for writing (${code})`, { remedy: 'Run the receiver as root (block devices) or fix the permissions.' });
   }
   const size = isDevice ? Number(fsExt().seekSync(handle.fd, 0, SEEK_END)) : st.size;
-  return { name: d.name, path: d.path, target: await canonicalTarget(d.path), handle, size, isDevice, unflushed: 0, pending: [], written: new Uint32Array(0), checked: new Uint32Array(0) };
+  return { name: d.name, path: d.path, target: await canonicalTarget(d.path), handle, size, isDevice, unflushed: 0, pending: [], written: new Uint32Array(0), checked: new Uint32Array(0), writingChunks: new Map() };
 }
 
 export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
@@ -300,6 +308,29 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
     }
   }
 
+  /** Writes a decoded chunk's ranges and records its digest (see writingChunks: one writer per chunk). */
+  async function writeChunk(d: OpenDisk, h: DataHeader, chunk: Buffer): Promise<void> {
+    // The chunk is being rewritten: until it is on the disk, it is not known.
+    forget.run(d.target, h.offset);
+    coverChunks(d);
+    d.written[h.offset / CHUNK_SIZE]!++;
+    for (const r of mergeRanges(h.ranges)) {
+      await d.handle.write(chunk, r.offset, r.length, h.offset + r.offset);
+      const batch = wrote(d, r.length);
+      if (batch) {
+        const flushed = d.flushing;
+        d.verifying = (d.verifying ?? Promise.resolve())
+          .then(async () => {
+            await flushed;
+            await verifyFlushed(d, batch);
+          })
+          .catch(() => {}); // left to the final check
+      }
+    }
+    record.run(d.target, h.offset, rangeBytes(h.ranges), h.digest);
+    d.pending.push(h.offset);
+  }
+
   async function handle(socket: TLSSocket, f: Frame, mapped: OpenDisk[], chunk: Buffer, stream: StreamUnpacker): Promise<void> {
     if (f.type === 'D') {
       const { header: h, payload } = decodeData(f.payload);
@@ -307,25 +338,16 @@ export async function startReceiver(opts: ReceiveOptions): Promise<Receiver> {
       if (!d) throw protocolError(`data for disk #${h.disk}, which this connection did not open`);
       if (h.offset % CHUNK_SIZE !== 0 || h.offset + h.length > d.size) throw protocolError(`data outside disk ${d.name} (offset ${h.offset}, ${h.length} bytes)`);
       unpackChunk(chunk, h.length, h.ranges, h.codec, payload, h.digest, stream);
-      // The chunk is being rewritten: until it is on the disk, it is not known.
-      forget.run(d.target, h.offset);
-      coverChunks(d);
-      d.written[h.offset / CHUNK_SIZE]!++;
-      for (const r of mergeRanges(h.ranges)) {
-        await d.handle.write(chunk, r.offset, r.length, h.offset + r.offset);
-        const batch = wrote(d, r.length);
-        if (batch) {
-          const flushed = d.flushing;
-          d.verifying = (d.verifying ?? Promise.resolve())
-            .then(async () => {
-              await flushed;
-              await verifyFlushed(d, batch);
-            })
-            .catch(() => {}); // left to the final check
-        }
+      const index = h.offset / CHUNK_SIZE;
+      for (let busy = d.writingChunks.get(index); busy; busy = d.writingChunks.get(index)) await busy;
+      let done!: () => void;
+      d.writingChunks.set(index, new Promise<void>((resolve) => (done = resolve)));
+      try {
+        await writeChunk(d, h, chunk);
+      } finally {
+        d.writingChunks.delete(index);
+        done();
       }
-      record.run(d.target, h.offset, rangeBytes(h.ranges), h.digest);
-      d.pending.push(h.offset);
       await sendFrame(socket, 'A', encodeAck(h.disk, h.offset));
     } else if (f.type === 'S') {
       for (const d of mapped) {
