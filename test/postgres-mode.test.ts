@@ -172,8 +172,10 @@ test('a worker killed mid-copy (kill -9) resumes the job from its last checkpoin
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', src, '256M']);
   execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x3c 0 160M', src]);
   const MiB = 1024 * 1024;
-  const wk = ['worker', '--database', pg!.url, '--name', 'wk', '--poll', '0.5', '--data-dir', join(dir, 'wk'), '--json'];
-  await startFerry(wk, { FERRY_FAULT: `kill-at-byte:${120 * MiB}` });
+  // No --name: the default name (host and state directory) is the same at the restart below.
+  const wk = ['worker', '--database', pg!.url, '--poll', '0.5', '--data-dir', join(dir, 'wk'), '--json'];
+  const first = await startFerry(wk, { FERRY_FAULT: `kill-at-byte:${120 * MiB}` });
+  assert.match(first.worker, /^[^:]+:[0-9a-f]{8}$/);
   const faulty = procs[procs.length - 1]!;
   const r = await call('/api/jobs', { method: 'POST', body: { kind: 'import', source: src, target: join(dir, 'big.raw') } });
   const id = r.doc.id as string;
@@ -181,9 +183,14 @@ test('a worker killed mid-copy (kill -9) resumes the job from its last checkpoin
   assert.equal(faulty.signalCode, 'SIGKILL', 'the worker was killed mid-copy');
   const mid = (await call(`/api/jobs/${id}`)).doc.job;
   assert.ok(['preflight', 'copying'].includes(mid.state), `left running: ${mid.state}`);
-  assert.equal(mid.worker, 'wk');
+  assert.equal(mid.worker, first.worker);
 
-  await startFerry(wk); // the same worker again (same name and state directory)
+  const again = await startFerry(wk); // the same worker again: same state directory, so same name
+  assert.equal(again.worker, first.worker);
+  // Meanwhile a second worker on the same state directory is refused.
+  const twin = spawnSync(process.execPath, [BIN, ...wk], { encoding: 'utf8', timeout: 30_000 });
+  assert.notEqual(twin.status, 0);
+  assert.match(twin.stdout + twin.stderr, /another ferry worker uses the state directory/);
   const done = (await waitFinished([id])).get(id)!;
   assert.equal(done.state, 'succeeded', JSON.stringify(done));
   const events = (await call(`/api/jobs/${id}`)).doc.events as { message: string }[];

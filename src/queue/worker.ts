@@ -6,17 +6,24 @@
 // while verifying). A cancel asked for through the API stops the import at the next write and
 // removes its partial target; a write refused because the job was retried elsewhere stops it too.
 // A worker started again under the same name (and state directory) first resumes the imports it
-// was running when it died or was stopped, from their last checkpoint.
+// was running when it died or was stopped, from their last checkpoint. Its default name is the
+// machine's and its state directory's (HOST:8 hex digits), so a plain restart finds its imports;
+// one state directory serves one worker at a time (a lock file in it, held while the worker runs).
+import { createHash } from 'node:crypto';
+import { closeSync, mkdirSync, openSync, realpathSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import type PgBoss from 'pg-boss';
 import { FerryError, errorRecord } from '../errors.js';
 import { cancelJob, runImport, type JobOutcome } from '../jobs/import-job.js';
 import type { ImageFormat } from '../image/types.js';
+import { fsExt } from '../lazy-modules.js';
+import { stateDir } from '../transfer/checkpoint.js';
 import { HEARTBEAT_MS, IMPORT_QUEUE, PgJobs, type JobUpdate, type PgJob } from './pg-jobs.js';
 
 export interface WorkerOptions {
   database: string;
-  /** Shown in the jobs it runs, and how a restarted worker finds its own (default: HOST:PID). */
+  /** Shown in the jobs it runs, and how a restarted worker finds its own (default: HOST and a hash of the state directory; see defaultWorkerName). */
   name?: string;
   /** Imports run at once by this worker (default 1). */
   concurrency?: number;
@@ -33,11 +40,44 @@ const REPORT_EVERY_MS = 1000;
 
 /** Runs until `signal` aborts; resolves once the running imports have stopped. */
 export async function runWorker(opts: WorkerOptions): Promise<void> {
-  const name = opts.name ?? `${hostname()}:${process.pid}`;
   const concurrency = opts.concurrency ?? 1;
   if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) {
     throw new FerryError('USAGE', `--concurrency must be 1..64, not ${concurrency}`, { remedy: 'Give the number of imports this machine runs at once.' });
   }
+  const dir = stateDir();
+  const lockFd = lockStateDir(dir);
+  try {
+    await work(opts, opts.name ?? defaultWorkerName(dir), concurrency);
+  } finally {
+    closeSync(lockFd);
+  }
+}
+
+/** HOST:8 hex digits of the state directory's real path: the same after a restart, per directory. */
+export function defaultWorkerName(dir: string): string {
+  return `${hostname()}:${createHash('sha256').update(realpathSync(dir)).digest('hex').slice(0, 8)}`;
+}
+
+/** Takes the state directory for this worker (flock on worker.lock), or says which worker has it. */
+function lockStateDir(dir: string): number {
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, 'worker.lock');
+  const fd = openSync(file, 'a+');
+  try {
+    fsExt().flockSync(fd, 'exnb');
+  } catch (err) {
+    closeSync(fd);
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'EAGAIN' && code !== 'EWOULDBLOCK') throw err;
+    throw new FerryError('USAGE', `another ferry worker uses the state directory ${dir}`, {
+      remedy: 'Give each worker of a machine its own state directory (--data-dir DIR, or FERRY_STATE_DIR): its imports\' checkpoints live there.',
+    });
+  }
+  writeFileSync(file, `${process.pid}\n`);
+  return fd;
+}
+
+async function work(opts: WorkerOptions, name: string, concurrency: number): Promise<void> {
   const db = await PgJobs.open(opts.database);
   const running = new Set<Promise<void>>();
   // Test hook (as `ferry import`): FERRY_FAULT=kill-at-byte:N kills the worker once a copy passes N.

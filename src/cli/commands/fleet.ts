@@ -150,7 +150,7 @@ export function registerWorkerCommand(program: Command): void {
     .command('worker')
     .description('PostgreSQL mode: take imports queued through `ferry server --database` and run them (start one on each machine that shares the load)')
     .option('--database <url>', 'the shared job database, postgres://USER@HOST/DB (default FERRY_DATABASE_URL)')
-    .option('--name <name>', 'this worker\'s name in the jobs it runs (default HOST:PID)')
+    .option('--name <name>', 'this worker\'s name in the jobs it runs (default HOST:hash of the state directory, the same at every start)')
     .option('--concurrency <n>', 'imports run at once by this worker', '1')
     .option('--poll <seconds>', 'how often an idle worker asks the queue for work (0.5 or more)', '2')
     .option('--data-dir <dir>', 'where this worker keeps its imports\' checkpoints (default: FERRY_STATE_DIR, else ~/.local/state/ferry)')
