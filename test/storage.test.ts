@@ -11,7 +11,7 @@ import { createServer, request, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ListPartsCommand, UploadPartCommand } from '@aws-sdk/client-s3';
+import { HeadObjectCommand, ListPartsCommand, UploadPartCommand } from '@aws-sdk/client-s3';
 import { uploadImage } from '../src/transfer/upload.js';
 import { downloadObject } from '../src/transfer/download.js';
 import { verifyObject } from '../src/transfer/verify.js';
@@ -310,6 +310,29 @@ test('interrupted uploads can be listed and aborted (upload --abort, storage upl
   const gc = doc(ferry({}, 'storage', 'gc', '--json', '--older-than', '0s', `s3://${BUCKET}/abandoned/`));
   assert.equal(gc.aborted.length, 1);
   assert.equal(doc(ferry({}, 'storage', 'uploads', '--json', `s3://${BUCKET}/abandoned/`)).uploads.length, 0);
+});
+
+test('a damaged image uploaded as-is is refused before the object exists, and nothing is kept to resume', async () => {
+  // A qcow2 cut short: its header and tables are whole, the last data clusters are missing. As-is
+  // uploads decode the content (for the manifest) while the bytes go up; the decoding finds it.
+  const whole = join(dir, 'big.qcow2');
+  execFileSync('qemu-img', ['convert', '-O', 'qcow2', big, whole]);
+  const cut = join(dir, 'cut.qcow2');
+  const bytes = readFileSync(whole);
+  writeFileSync(cut, bytes.subarray(0, bytes.length - (30 << 20)));
+  const key = 'damaged/cut.qcow2';
+  const url = `s3://${BUCKET}/${key}`;
+  const r = ferry({}, 'upload', '--json', cut, url, '--part-size', '5M');
+  assert.equal(r.code, 2, r.stdout + r.stderr);
+  const e = JSON.parse(r.stdout).error;
+  assert.equal(e.code, 'IMAGE_TRUNCATED', r.stdout);
+  assert.doesNotMatch(e.remedy, /resume/, 'running again cannot mend the image: no resume advice');
+  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  await assert.rejects(s3.client.send(new HeadObjectCommand({ Bucket: BUCKET, Key: key })), 'no object under the key');
+  assert.ok(!doc(ferry({}, 'storage', 'uploads', '--json', `s3://${BUCKET}/damaged/`)).uploads.some((u: { key: string }) => u.key === key), 'its multipart upload was aborted');
+  assert.equal(loadCheckpoint(url), undefined, 'no checkpoint left');
+  rmSync(whole);
+  rmSync(cut);
 });
 
 test('wrong credentials, missing bucket, missing object, unreachable endpoint: clear errors, no stack trace', async () => {

@@ -53,10 +53,10 @@ export async function* hashing(chunks: AsyncGenerator<VirtualChunk>, hasher: Con
  */
 export async function digestImage(
   image: DiskImage,
-  opts: { total?: number; pool?: WorkerPool; signal?: AbortSignal; onProgress?: (done: number) => void } = {},
+  opts: { total?: number; pool?: WorkerPool; signal?: AbortSignal; onProgress?: (done: number) => void; maxInFlightBytes?: number } = {},
 ): Promise<ContentDigest> {
   const hasher = offloadedHasher(opts.total ?? image.virtualSize, opts.pool);
-  const chunks = streamVirtual(image, opts.pool ? { pool: opts.pool, workers: opts.pool.size } : {});
+  const chunks = streamVirtual(image, { ...(opts.pool ? { pool: opts.pool, workers: opts.pool.size } : {}), ...(opts.maxInFlightBytes ? { maxInFlightBytes: opts.maxInFlightBytes } : {}) });
   for await (const c of hashing(chunks, hasher, opts.pool)) {
     if (opts.signal?.aborted) {
       await chunks.return(undefined);
