@@ -216,9 +216,10 @@ test('kill -9 mid-copy: `jobs retry` and a repeated `ferry import` resume from t
   assert.ok(shown.events.some((e) => /resuming at byte/.test(e.message)));
 
   const refetched = bytes1 + bytes2 + bytes3 - fullBytes;
-  // The bound per kill: what the pipeline holds in flight — the object reader's readahead (up to
-  // 4 concurrent 8 MiB range requests), the 16 MiB decode window and 16 MiB of pending writes.
-  const perKill = 4 * 8 * MiB + 32 * MiB;
+  // The bound per kill: what the pipeline holds in flight — the object reader's readahead (its
+  // 64 MiB window: up to 4 concurrent range requests of 16 MiB), the 16 MiB decode window and
+  // 16 MiB of pending writes.
+  const perKill = 4 * 16 * MiB + 32 * MiB;
   console.log(
     `# full import fetched ${(fullBytes / MiB).toFixed(1)} MiB; killed runs ${(bytes1 / MiB).toFixed(1)} + ${(bytes2 / MiB).toFixed(1)} MiB, final run ${(bytes3 / MiB).toFixed(1)} MiB; ` +
       `resumed at ${(at1 / MiB).toFixed(1)} and ${(after2.written / MiB).toFixed(1)} MiB; re-fetched ${(refetched / MiB).toFixed(1)} MiB over 2 kills (${(refetched / 2 / MiB).toFixed(1)} MiB per kill)`,

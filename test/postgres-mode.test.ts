@@ -190,7 +190,7 @@ test('a worker killed mid-copy (kill -9) resumes the job from its last checkpoin
   // Meanwhile a second worker on the same state directory is refused.
   const twin = spawnSync(process.execPath, [BIN, ...wk], { encoding: 'utf8', timeout: 30_000 });
   assert.notEqual(twin.status, 0);
-  assert.match(twin.stdout + twin.stderr, /another ferry worker uses the state directory/);
+  assert.match(twin.stdout + twin.stderr, /another ferry worker \(process \d+\) uses the state directory/);
   const done = (await waitFinished([id])).get(id)!;
   assert.equal(done.state, 'succeeded', JSON.stringify(done));
   const events = (await call(`/api/jobs/${id}`)).doc.events as { message: string }[];

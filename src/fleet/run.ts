@@ -172,7 +172,7 @@ export async function runFleet(inv: Inventory, opts: FleetOptions = {}): Promise
             moving = e.disks.reduce((n, d) => n + d.used, 0);
             update(h.name, { phase: 'migrating', bytesToMove: moving, percent: 0 }, true);
           } else if (e.event === 'progress') {
-            update(h.name, { phase: 'migrating', bytesSent: e.bytesSent, percent: Math.floor(100 * roundShare(e)), rate: e.rate, ...(e.etaSeconds !== undefined ? { etaSeconds: e.etaSeconds } : {}) });
+            update(h.name, { phase: 'migrating', bytesSent: e.bytesSent, percent: Math.floor(100 * roundShare(e) + 1e-9), rate: e.rate, ...(e.etaSeconds !== undefined ? { etaSeconds: e.etaSeconds } : {}) });
           } else if (e.event === 'round') {
             update(h.name, { phase: 'verifying', percent: 100 }, true);
           }

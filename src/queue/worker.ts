@@ -10,7 +10,7 @@
 // machine's and its state directory's (HOST:8 hex digits), so a plain restart finds its imports;
 // one state directory serves one worker at a time (a lock file in it, held while the worker runs).
 import { createHash } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, realpathSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type PgBoss from 'pg-boss';
@@ -69,7 +69,14 @@ function lockStateDir(dir: string): number {
     closeSync(fd);
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'EAGAIN' && code !== 'EWOULDBLOCK') throw err;
-    throw new FerryError('USAGE', `another ferry worker uses the state directory ${dir}`, {
+    let holder = '';
+    try {
+      const pid = readFileSync(file, 'utf8').trim();
+      if (/^\d+$/.test(pid)) holder = ` (process ${pid})`;
+    } catch {
+      // unreadable: the message goes without the process
+    }
+    throw new FerryError('USAGE', `another ferry worker${holder} uses the state directory ${dir}`, {
       remedy: 'Give each worker of a machine its own state directory (--data-dir DIR, or FERRY_STATE_DIR): its imports\' checkpoints live there.',
     });
   }

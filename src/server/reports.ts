@@ -104,7 +104,11 @@ export class ReportStore {
   /** Queues the job's file to be brought in line with memory. */
   private persist(id: string): void {
     this.dirty.add(id);
-    this.writing ??= this.writeDirty().finally(() => (this.writing = undefined));
+    this.writing ??= this.writeDirty().finally(() => {
+      this.writing = undefined;
+      const [next] = this.dirty;
+      if (next !== undefined) this.persist(next); // queued in the moment the loop ended
+    });
   }
 
   private async writeDirty(): Promise<void> {

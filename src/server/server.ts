@@ -318,6 +318,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       const id = decodeURIComponent(rep[1]!);
       if (!REPORT_ID.test(id) || !reports.delete(id)) throw new HttpError(404, 'JOB_NOT_FOUND', `no reported job ${id.slice(0, 200)}`);
       samples.delete(id);
+      await reports.flush(); // its file is gone when the answer says so (a restart does not bring it back)
       return { ok: true, id };
     }
     const one = /^\/api\/jobs\/([^/]+)(?:\/(retry|cancel|rates))?$/.exec(path);

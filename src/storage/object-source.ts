@@ -17,7 +17,7 @@ import type { ObjectStore } from './store.js';
 const BLOCK = 256 * 1024;
 const RUN_BLOCKS = 64; // one request fetches at most 16 MiB
 const MAX_WINDOW_BLOCKS = 256; // readahead up to 64 MiB
-const CACHE_BLOCKS = MAX_WINDOW_BLOCKS + 64; // 80 MiB: the readahead window and recent metadata
+const CACHE_BLOCKS = MAX_WINDOW_BLOCKS + 64; // 80 MiB of blocks: the readahead window and recent metadata (a cached block keeps its whole run, up to 16 MiB, alive: ~96 MiB at most)
 
 export interface ObjectSourceStats {
   requests: number;

@@ -267,27 +267,26 @@ async function runUpload(image: DiskImage, source: SourceIdentity, store: Object
       const hasher = rawAsIs ? offloadedHasher(source.size, pool) : undefined;
       // Any other format: its virtual content is hashed (decoded on the pool) while the file's
       // bytes go up, two reads of the same file side by side (one after the other took the sum of
-      // both). The first to fail stops
-      // the other, and a damaged image is found before the object is completed.
+      // both). The first to fail stops the other (its error is the one reported), and a damaged
+      // image is found before the object is completed.
+      if (opts.signal?.aborted) throw interrupted();
       const both = new AbortController();
-      const stopBoth = () => both.abort();
-      opts.signal?.addEventListener('abort', stopBoth, { once: true });
-      let firstError: unknown;
-      const failed = (err: unknown): never => {
-        firstError ??= err;
+      const signal = opts.signal ? AbortSignal.any([opts.signal, both.signal]) : both.signal;
+      let firstError: { error: unknown } | undefined;
+      const failed = (error: unknown): never => {
+        firstError ??= { error };
         both.abort();
-        throw err;
+        throw error;
       };
-      const digesting = rawAsIs ? undefined : digestImage(image, { ...(pool ? { pool } : {}), signal: both.signal, maxInFlightBytes: DIGEST_IN_FLIGHT }).catch(failed);
+      const digesting = rawAsIs ? undefined : digestImage(image, { ...(pool ? { pool } : {}), signal, maxInFlightBytes: DIGEST_IN_FLIGHT }).catch(failed);
       const copying = copyFile(source.path, sink, hasher, (pos) => {
         position = pos;
         report();
-      }, both.signal).catch(failed);
-      const [, digested] = await Promise.allSettled([copying, digesting]);
-      opts.signal?.removeEventListener('abort', stopBoth);
+      }, signal).catch(failed);
+      const [copied, digested] = await Promise.allSettled([copying, digesting]);
       if (opts.signal?.aborted) throw interrupted();
-      if (firstError !== undefined) throw firstError;
-      content = hasher ? await hasher.result() : (digested as PromiseFulfilledResult<ContentDigest>).value;
+      if (copied.status === 'rejected' || digested.status === 'rejected') throw (firstError ?? { error: new Error('the upload failed') }).error;
+      content = hasher ? await hasher.result() : digested.value!;
       await sink.commit();
       outFormat = image.format;
     } else {
@@ -320,11 +319,21 @@ async function runUpload(image: DiskImage, source: SourceIdentity, store: Object
       throw new RestartUpload();
     }
     if (opts.signal?.aborted) throw interrupted();
-    // The image itself is damaged: running again cannot help, so nothing is kept to resume.
+    // The image itself is damaged: running again cannot help, so nothing is kept to resume — the
+    // multipart upload is aborted, or, when this run only checked an upload completed by an
+    // earlier one (verifyOnly; its token proved it ours), that object is deleted.
     if (err instanceof FerryError && SOURCE_FAULTS.includes(err.code)) {
-      await store.abort(key, cp.uploadId).catch(() => {});
-      removeCheckpoint(url);
-      throw err;
+      let left = '';
+      try {
+        if (verifyOnly) await store.delete(key);
+        else await store.abort(key, cp.uploadId);
+        removeCheckpoint(url);
+      } catch {
+        left = verifyOnly
+          ? ` The object ${url}, completed by an earlier run from this damaged image, could not be deleted now: delete it before anything imports it.`
+          : ` What was uploaded could not be removed from the server now: remove it later with \`ferry upload --abort SOURCE ${url}\` (or \`ferry storage gc\`).`;
+      }
+      throw new FerryError(err.code, err.message, { remedy: `${err.remedy}${left}`, ...(err.details ? { details: err.details } : {}), cause: err });
     }
     if (err instanceof FerryError && err.code !== 'INTERNAL') {
       throw new FerryError(err.code, err.message, {
