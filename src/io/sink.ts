@@ -3,6 +3,7 @@
 // that looks finished), or a block device written in place (opened O_EXCL, so a mounted or
 // otherwise busy device is refused). Write errors become FerryErrors naming the cause and remedy
 // (full file system, read-only, permission).
+import { writeSync, writevSync } from 'node:fs';
 import { constants, type FileHandle, open, rename, rm, stat, statfs } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -60,6 +61,16 @@ export interface SinkOptions {
    * run can go on. Used by import jobs, which record how far the file is known to be written.
    */
   partialPath?: string;
+  /**
+   * Write with blocking calls on the calling thread, one piece after the other, instead of handing
+   * each write to the thread pool (default: false). For a process that does nothing else while it
+   * writes — the CLI's `image convert`: an event loop serving requests must not block. Measured on
+   * the 4 GiB reference disk, raw → qcow2 (6 alternating runs each): 1.23 s with writes on the
+   * pool, 1.12 s blocking; raw → zstd qcow2 3.77 → 3.58 s; zlib qcow2 → raw 2.89 → 2.72 s. A write
+   * handed to the pool waits for a thread to wake, and the loop to learn it is done; reads still
+   * run ahead on the pool meanwhile.
+   */
+  blockingWrites?: boolean;
 }
 
 /** Temporary files of unfinished conversions are named `.NAME.ferry-partial-XXXXXX`. */
@@ -115,6 +126,8 @@ const FLUSH_EVERY = 64 * 1024 * 1024;
 
 abstract class HandleSink implements Sink {
   readonly concurrentWrites = true;
+  /** See SinkOptions.blockingWrites (set by openSink). */
+  blockingWrites = false;
   protected closed = false;
   abstract readonly path: string;
   abstract readonly isBlockDevice: boolean;
@@ -149,7 +162,10 @@ abstract class HandleSink implements Sink {
 
   async writev(bufs: Buffer[], position: number): Promise<void> {
     const pieces = cutPieces(bufs, position, WRITE_PIECE, CUT_OFFSET);
-    if (pieces.length === 1) return this.writePiece(pieces[0]!.bufs, position, pieces[0]!.length);
+    if (pieces.length === 1 || this.blockingWrites) {
+      for (const p of pieces) await this.writePiece(p.bufs, p.at, p.length);
+      return;
+    }
     await inParallel(pieces, PIECES_IN_FLIGHT, (p) => this.writePiece(p.bufs, p.at, p.length));
   }
 
@@ -157,7 +173,8 @@ abstract class HandleSink implements Sink {
   private async writePiece(bufs: Buffer[], position: number, total: number): Promise<void> {
     let written: number;
     try {
-      written = bufs.length === 1 ? (await this.handle.write(bufs[0]!, 0, total, position)).bytesWritten : (await this.handle.writev(bufs, position)).bytesWritten;
+      if (this.blockingWrites) written = bufs.length === 1 ? writeSync(this.handle.fd, bufs[0]!, 0, total, position) : writevSync(this.handle.fd, bufs, position);
+      else written = bufs.length === 1 ? (await this.handle.write(bufs[0]!, 0, total, position)).bytesWritten : (await this.handle.writev(bufs, position)).bytesWritten;
     } catch (err) {
       throw targetError(err, this.path, `writing ${total} bytes at offset ${position}`);
     }
@@ -339,7 +356,9 @@ export async function openSink(path: string, opts: SinkOptions = {}): Promise<Si
     } catch (err) {
       throw targetError(err, path, 'opening the device');
     }
-    return new DeviceSink(handle, path, Number(fsExt().seekSync(handle.fd, 0, SEEK_END)), opts.sync ?? true);
+    const device = new DeviceSink(handle, path, Number(fsExt().seekSync(handle.fd, 0, SEEK_END)), opts.sync ?? true);
+    device.blockingWrites = opts.blockingWrites ?? false;
+    return device;
   }
   if (st?.isDirectory()) throw targetError(Object.assign(new Error('is a directory'), { code: 'EISDIR' }), path, 'opening');
   if (st && !opts.overwrite) {
@@ -359,7 +378,9 @@ export async function openSink(path: string, opts: SinkOptions = {}): Promise<Si
   } catch (err) {
     throw targetError(err, path, 'creating the output file');
   }
-  return new FileSink(handle, path, tempPath, opts.sync ?? false, opts.partialPath !== undefined);
+  const file = new FileSink(handle, path, tempPath, opts.sync ?? false, opts.partialPath !== undefined);
+  file.blockingWrites = opts.blockingWrites ?? false;
+  return file;
 }
 
 /** Free bytes for an unprivileged writer on the file system holding `path`'s directory. */

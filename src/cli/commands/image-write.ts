@@ -127,7 +127,7 @@ export function registerImageWriteCommands(image: Command, state: RunState): voi
       try {
         const bar = startProgress('convert', img.virtualSize, !!flags.json);
         const r = await interruptible((signal) =>
-          convertImage(img, dst, spec, { overwrite: !!flags.overwrite, ...(flags.sync !== undefined ? { sync: flags.sync } : {}), signal, onProgress: (p) => bar.update(p.position), ...(workers !== undefined ? { workers } : {}) }).finally(() => bar.stop()),
+          convertImage(img, dst, spec, { overwrite: !!flags.overwrite, ...(flags.sync !== undefined ? { sync: flags.sync } : {}), blockingWrites: true, signal, onProgress: (p) => bar.update(p.position), ...(workers !== undefined ? { workers } : {}) }).finally(() => bar.stop()),
         );
         makeOutput(!!flags.json).result(r, () => {
           const o = r.output;
