@@ -35,8 +35,8 @@ function lockFile(target: string): string {
   return join(stateDir(), 'locks', createHash('sha256').update(target).digest('hex').slice(0, 32));
 }
 
-/** Opens the lock file and takes its lock, or returns undefined when another process holds it. */
-function tryLock(file: string): number | undefined {
+/** Opens the lock file and takes its lock (flock, dropped when the process ends however it ends), or returns undefined when another process holds it. */
+export function tryLock(file: string): number | undefined {
   mkdirSync(dirname(file), { recursive: true });
   const fd = openSync(file, 'a+');
   try {

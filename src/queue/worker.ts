@@ -10,14 +10,14 @@
 // machine's and its state directory's (HOST:8 hex digits), so a plain restart finds its imports;
 // one state directory serves one worker at a time (a lock file in it, held while the worker runs).
 import { createHash } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
+import { closeSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type PgBoss from 'pg-boss';
 import { FerryError, errorRecord } from '../errors.js';
 import { cancelJob, runImport, type JobOutcome } from '../jobs/import-job.js';
 import type { ImageFormat } from '../image/types.js';
-import { fsExt } from '../lazy-modules.js';
+import { tryLock } from '../jobs/target-lock.js';
 import { stateDir } from '../transfer/checkpoint.js';
 import { HEARTBEAT_MS, IMPORT_QUEUE, PgJobs, type JobUpdate, type PgJob } from './pg-jobs.js';
 
@@ -60,15 +60,9 @@ export function defaultWorkerName(dir: string): string {
 
 /** Takes the state directory for this worker (flock on worker.lock), or says which worker has it. */
 function lockStateDir(dir: string): number {
-  mkdirSync(dir, { recursive: true });
   const file = join(dir, 'worker.lock');
-  const fd = openSync(file, 'a+');
-  try {
-    fsExt().flockSync(fd, 'exnb');
-  } catch (err) {
-    closeSync(fd);
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'EAGAIN' && code !== 'EWOULDBLOCK') throw err;
+  const fd = tryLock(file);
+  if (fd === undefined) {
     let holder = '';
     try {
       const pid = readFileSync(file, 'utf8').trim();
