@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <node_api.h>
@@ -117,12 +118,36 @@ static napi_value InflateInto(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// alignedTo(buffers, align): whether every buffer's memory starts and ends on a multiple of `align`
+// (a power of two), as O_DIRECT writes require. Anything that is not a Uint8Array: false.
+static napi_value AlignedTo(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  bool ok = argc >= 2;
+  uint32_t align = 0, count = 0;
+  bool isArray = false;
+  if (ok) ok = napi_get_value_uint32(env, argv[1], &align) == napi_ok && align > 0 && (align & (align - 1)) == 0;
+  if (ok) ok = napi_is_array(env, argv[0], &isArray) == napi_ok && isArray && napi_get_array_length(env, argv[0], &count) == napi_ok;
+  for (uint32_t i = 0; ok && i < count; i++) {
+    napi_value el;
+    uint8_t* data;
+    size_t len;
+    ok = napi_get_element(env, argv[0], i, &el) == napi_ok && bytes_of(env, el, &data, &len) && ((uintptr_t)data & (align - 1)) == 0 && (len & (align - 1)) == 0;
+  }
+  napi_value result;
+  napi_get_boolean(env, ok, &result);
+  return result;
+}
+
 static napi_value Init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "fallocate", NAPI_AUTO_LENGTH, Fallocate, NULL, &fn);
   napi_set_named_property(env, exports, "fallocate", fn);
   napi_create_function(env, "inflateInto", NAPI_AUTO_LENGTH, InflateInto, NULL, &fn);
   napi_set_named_property(env, exports, "inflateInto", fn);
+  napi_create_function(env, "alignedTo", NAPI_AUTO_LENGTH, AlignedTo, NULL, &fn);
+  napi_set_named_property(env, exports, "alignedTo", fn);
   return exports;
 }
 

@@ -25,6 +25,8 @@ export const fsExt = lazy<typeof import('fs-ext')>('fs-ext');
 export interface FerryNative {
   inflateInto?: (input: Uint8Array, output: Uint8Array, zlibHeader: boolean) => number;
   fallocate?: (fd: number, offset: number, length: number, keepSize?: boolean) => void;
+  /** Whether every buffer's memory starts and ends on a multiple of `align` (a power of two). */
+  alignedTo?: (buffers: Uint8Array[], align: number) => boolean;
 }
 let native: FerryNative | null | undefined;
 /** The native addon, or null when it was not built. */

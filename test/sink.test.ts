@@ -7,7 +7,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { CUT_OFFSET, WRITE_PIECE, cutPieces, inParallel, joinAdjacent, openSink } from '../src/io/sink.js';
+import { BufferPool } from '../src/pipeline/buffer-pool.js';
 
 const MiB = 1024 * 1024;
 
@@ -108,6 +110,47 @@ test('a file sink writes large, unaligned, vectored writes byte for byte', async
   }
 });
 
+/** Bytes of `path` held in the page cache (util-linux fincore). */
+function residentBytes(path: string): number {
+  return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', path], { encoding: 'utf8' }).trim());
+}
+
+test('directWrites: aligned pieces from the page-aligned arena go past the page cache, the others through it; the bytes are exact either way', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-sink-direct-'));
+  const pool = new BufferPool(4 * MiB, 4);
+  try {
+    for (const directWrites of [true, false]) {
+      const path = join(dir, `out-${directWrites}.bin`);
+      const sink = await openSink(path, { directWrites });
+      const expect = Buffer.alloc(12 * MiB);
+      // Aligned: two arena slots (8 MiB at 0, cut into 2 MiB pieces; also in one vectored write).
+      const a = pool.take(4 * MiB);
+      const b = pool.take(4 * MiB);
+      randomBytes(4 * MiB).copy(a);
+      randomBytes(4 * MiB).copy(b);
+      a.copy(expect, 0);
+      b.copy(expect, 4 * MiB);
+      await sink.writev([a, b], 0);
+      // Not aligned: an ordinary buffer at an odd sector, and an arena slot at an unaligned offset.
+      const odd = randomBytes(MiB);
+      odd.copy(expect, 8 * MiB + 512);
+      await sink.write(odd, 8 * MiB + 512);
+      const c = pool.take(64 * 1024);
+      randomBytes(c.length).copy(c);
+      c.copy(expect, 10 * MiB + 1024);
+      await sink.write(c, 10 * MiB + 1024);
+      await sink.truncate(expect.length);
+      await sink.commit();
+      const cached = residentBytes(path);
+      if (directWrites) assert.ok(cached <= 2 * MiB, `with direct writes, ${cached} bytes of the file are in the page cache (the 8 MiB aligned part should not be)`);
+      else assert.ok(cached >= 8 * MiB, `through the page cache, ${cached} bytes are cached (the control case)`);
+      assert.ok(readFileSync(path).equals(expect), `the file holds exactly what was written (directWrites ${directWrites})`);
+      for (const x of [a, b, c]) pool.give(x);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
 
 test('the raw writer writes runs concurrently only into sinks that allow it (uploads stream in order)', async () => {
   /** Records how many writes overlap; an in-order sink (like an upload's) must never see two. */

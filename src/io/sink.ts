@@ -2,7 +2,8 @@
 // directory and renamed into place only when complete (a failed or killed run never leaves a file
 // that looks finished), or a block device written in place (opened O_EXCL, so a mounted or
 // otherwise busy device is refused). Write errors become FerryErrors naming the cause and remedy
-// (full file system, read-only, permission).
+// (full file system, read-only, permission). Writers that flush everything to the disk anyway
+// (imports) may write aligned pieces with O_DIRECT, past the page cache (SinkOptions.directWrites).
 import { writeSync, writevSync } from 'node:fs';
 import { constants, type FileHandle, open, rename, rm, stat, statfs } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
@@ -71,6 +72,13 @@ export interface SinkOptions {
    * run ahead on the pool meanwhile.
    */
   blockingWrites?: boolean;
+  /**
+   * Write whole, aligned pieces with O_DIRECT, past the page cache (others go through it), for
+   * writers that flush everything to the disk anyway (import jobs checkpoint with fdatasync every
+   * 32 MiB): the copy into the page cache and its write-back cost more CPU than the write itself.
+   * Measured here, writing 1.7 GB with dd: 2.5–3.6 CPU-s through the cache, 0.1 with O_DIRECT.
+   */
+  directWrites?: boolean;
 }
 
 /** Temporary files of unfinished conversions are named `.NAME.ferry-partial-XXXXXX`. */
@@ -128,6 +136,8 @@ abstract class HandleSink implements Sink {
   readonly concurrentWrites = true;
   /** See SinkOptions.blockingWrites (set by openSink). */
   blockingWrites = false;
+  /** The same file opened with O_DIRECT (SinkOptions.directWrites), for aligned pieces. */
+  direct: FileHandle | undefined;
   protected closed = false;
   abstract readonly path: string;
   abstract readonly isBlockDevice: boolean;
@@ -172,10 +182,17 @@ abstract class HandleSink implements Sink {
   /** One vectored write of `total` bytes; a short write (normally a full disk) goes on buffer by buffer. */
   private async writePiece(bufs: Buffer[], position: number, total: number): Promise<void> {
     let written: number;
+    const direct = this.direct && position % DIRECT_ALIGN === 0 && total % DIRECT_ALIGN === 0 && ferryNative()!.alignedTo!(bufs, DIRECT_ALIGN) ? this.direct : undefined;
+    const handle = direct ?? this.handle;
     try {
-      if (this.blockingWrites) written = bufs.length === 1 ? writeSync(this.handle.fd, bufs[0]!, 0, total, position) : writevSync(this.handle.fd, bufs, position);
-      else written = bufs.length === 1 ? (await this.handle.write(bufs[0]!, 0, total, position)).bytesWritten : (await this.handle.writev(bufs, position)).bytesWritten;
+      if (this.blockingWrites) written = bufs.length === 1 ? writeSync(handle.fd, bufs[0]!, 0, total, position) : writevSync(handle.fd, bufs, position);
+      else written = bufs.length === 1 ? (await handle.write(bufs[0]!, 0, total, position)).bytesWritten : (await handle.writev(bufs, position)).bytesWritten;
     } catch (err) {
+      if (direct && (err as NodeJS.ErrnoException).code === 'EINVAL') {
+        // The file system wants another alignment (or no direct I/O at all): write through the cache.
+        this.dropDirect();
+        return this.writePiece(bufs, position, total);
+      }
       throw targetError(err, this.path, `writing ${total} bytes at offset ${position}`);
     }
     this.wrote(written);
@@ -245,7 +262,17 @@ abstract class HandleSink implements Sink {
     }
   }
 
+  /** Stops writing with O_DIRECT (the handle is closed once no write uses it any more). */
+  protected dropDirect(): void {
+    const direct = this.direct;
+    this.direct = undefined;
+    if (direct) setTimeout(() => void direct.close().catch(() => {}), 1000).unref();
+  }
+
   protected async syncAndClose(): Promise<void> {
+    const direct = this.direct;
+    this.direct = undefined;
+    await direct?.close().catch(() => {});
     try {
       await this.flushing;
       if (this.flushError) throw this.flushError;
@@ -260,6 +287,9 @@ abstract class HandleSink implements Sink {
   /** Waits for a background flush, so closing does not race it. */
   protected async settle(): Promise<void> {
     await this.flushing;
+    const direct = this.direct;
+    this.direct = undefined;
+    await direct?.close().catch(() => {});
   }
 
   abstract commit(): Promise<void>;
@@ -358,6 +388,7 @@ export async function openSink(path: string, opts: SinkOptions = {}): Promise<Si
     }
     const device = new DeviceSink(handle, path, Number(fsExt().seekSync(handle.fd, 0, SEEK_END)), opts.sync ?? true);
     device.blockingWrites = opts.blockingWrites ?? false;
+    if (opts.directWrites) device.direct = await openDirect(path);
     return device;
   }
   if (st?.isDirectory()) throw targetError(Object.assign(new Error('is a directory'), { code: 'EISDIR' }), path, 'opening');
@@ -380,7 +411,21 @@ export async function openSink(path: string, opts: SinkOptions = {}): Promise<Si
   }
   const file = new FileSink(handle, path, tempPath, opts.sync ?? false, opts.partialPath !== undefined);
   file.blockingWrites = opts.blockingWrites ?? false;
+  if (opts.directWrites) file.direct = await openDirect(tempPath);
   return file;
+}
+
+/** Alignment of offsets, lengths and memory for O_DIRECT writes: enough for any logical block size up to 4 KiB. */
+const DIRECT_ALIGN = 4096;
+
+/** `path` opened for writing with O_DIRECT, or undefined where that is not possible (file system, no native addon). */
+async function openDirect(path: string): Promise<FileHandle | undefined> {
+  if (!ferryNative()?.alignedTo || constants.O_DIRECT === undefined || process.env.FERRY_DIRECT_WRITES === '0') return undefined;
+  try {
+    return await open(path, constants.O_WRONLY | constants.O_DIRECT);
+  } catch {
+    return undefined;
+  }
 }
 
 /** Free bytes for an unprivileged writer on the file system holding `path`'s directory. */

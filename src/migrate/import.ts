@@ -160,6 +160,7 @@ export async function importImage(source: string, target: string, opts: ImportOp
       ...(remoteSink ? { sink: remoteSink } : {}),
       ...(opts.overwrite ? { overwrite: true } : {}),
       ...(opts.partialPath ? { partialPath: opts.partialPath } : {}),
+      directWrites: true,
       ...(resumeAt ? { resumeAt } : {}),
       ...(opts.checkpoint && !remoteSink ? { checkpoint: opts.checkpoint } : {}),
       ...(opts.maxInFlightBytes ? { maxInFlightBytes: opts.maxInFlightBytes } : {}),

@@ -76,6 +76,8 @@ export interface ConvertOptions {
   sink?: Sink;
   /** Blocking writes on this thread (see SinkOptions.blockingWrites): for the CLI only. */
   blockingWrites?: boolean;
+  /** Aligned pieces written with O_DIRECT (see SinkOptions.directWrites). */
+  directWrites?: boolean;
 }
 
 export interface Checkpoint {
@@ -162,6 +164,7 @@ export async function convertImage(image: DiskImage, dst: string, spec: WriteSpe
     ...(opts.sync !== undefined ? { sync: opts.sync } : {}),
     ...(opts.partialPath ? { partialPath: opts.partialPath } : {}),
     ...(opts.blockingWrites ? { blockingWrites: true } : {}),
+    ...(opts.directWrites ? { directWrites: true } : {}),
   });
   let pool: WorkerPool | undefined;
   try {
