@@ -3,5 +3,5 @@
 # (e.g. `bash bench/run-convert.sh --runs 5 --only qcow2-zlib,vhd-dynamic`). See bench/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-npm run -s build
+bash scripts/setup.sh   # Debian packages (qemu-utils, fdisk, ...), npm dependencies, build
 exec node dist/bench/convert.js "$@"

@@ -3,6 +3,6 @@
 # arguments are passed on (e.g. `bash bench/run-fleet.sh --hosts 16 --link-mbit 200`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-npm run -s build
+bash scripts/setup.sh   # Debian packages (qemu-utils, fdisk, ...), npm dependencies, build
 node scripts/build-agent.mjs >/dev/null
 exec node dist/bench/fleet.js "$@"

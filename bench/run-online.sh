@@ -8,5 +8,5 @@ command -v nc >/dev/null || need+=(netcat-openbsd)
 command -v rsync >/dev/null || need+=(rsync)
 command -v tc >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
-npm run -s build
+bash scripts/setup.sh   # Debian packages (qemu-utils, fdisk, ...), npm dependencies, build
 exec node dist/bench/online.js "$@"

@@ -3,5 +3,5 @@
 # on (e.g. `bash bench/run-read.sh --runs 5`). See bench/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-npm run -s build
+bash scripts/setup.sh   # Debian packages (qemu-utils, fdisk, ...), npm dependencies, build
 exec node dist/bench/read.js "$@"
