@@ -16,6 +16,9 @@ import { uploadImage } from '../src/transfer/upload.js';
 import { downloadObject } from '../src/transfer/download.js';
 import { verifyObject } from '../src/transfer/verify.js';
 import { loadCheckpoint } from '../src/transfer/checkpoint.js';
+import { readManifest } from '../src/transfer/manifest.js';
+import { parseLocation } from '../src/storage/location.js';
+import { openStore } from '../src/storage/open-store.js';
 import { startS3Server, freePorts, type S3Server } from './s3-server.js';
 
 const BIN = fileURLToPath(new URL('../../bin/ferry.js', import.meta.url));
@@ -145,7 +148,14 @@ test('uploads convert on the fly to every output kind; qemu-img reads the same d
   ];
   for (const c of cases) {
     const url = `s3://${BUCKET}/conv/${c.name}`;
-    const up = await uploadImage(c.src, url, { ...c.opts, partSize: 5 << 20 });
+    // 6 MiB parts: part 1, held to the end for the header, is only 5 MiB (S3's minimum), the
+    // others 6 — the object's multipart ETag and the download's part checks must follow that.
+    const up = await uploadImage(c.src, url, { ...c.opts, partSize: 6 << 20 });
+    const loc = parseLocation(url);
+    const manifest = await readManifest(openStore(loc), loc.key);
+    assert.equal(manifest?.object.firstPartSize, 5 << 20, `${c.name}: part 1 is S3's minimum part size`);
+    assert.equal(manifest?.object.partSize, 6 << 20);
+    assert.equal((await verifyObject(url)).digest, up.content.digest, `${c.name}: verified by its manifest`);
     const out = join(dir, `conv-${c.name}`);
     await downloadObject(url, out);
     assert.equal(qemuCompare(raw, out, c.qemuFormat), 0, `${c.name}: qemu-img compare says the content differs`);

@@ -30,6 +30,7 @@ const md5 = (b: Buffer) => createHash('md5').update(b).digest();
 
 export class FileStore implements ObjectStore {
   readonly name: string;
+  readonly uniformParts = true;
   bytesRead = 0;
 
   constructor(readonly dir: string) {

@@ -32,6 +32,11 @@ export interface ObjectStore {
   readonly bytesRead: number;
   /** The store reports objects' CRC-64 (COS's x-cos-hash-crc64ecma): uploads compute it to check. */
   readonly reportsCrc64?: boolean;
+  /**
+   * Every part but the last must be exactly the upload's part size (the file store lays the parts
+   * out in one file by number). S3 only asks that no part but the last be under 5 MiB.
+   */
+  readonly uniformParts?: boolean;
   head(key: string): Promise<ObjectInfo | undefined>;
   /** Reads [offset, offset+length) of the object (clamped to its end). */
   getRange(key: string, offset: number, length: number, signal?: AbortSignal): Promise<Buffer>;

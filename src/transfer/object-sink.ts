@@ -5,7 +5,7 @@
 //
 // Writers lay their output down in increasing order, except for metadata at the start (qcow2
 // header and L1 table, VHD header and BAT, VMDK sparse header and tables) rewritten at the end.
-// So part 1 — at least `headBytes` long — stays in memory until commit and is uploaded last (S3
+// So part 1 — `headBytes` long, at least 5 MiB — stays in memory until commit and is uploaded last (S3
 // assembles parts by number, not by arrival); later parts are uploaded as soon as the write
 // position passes them. Gaps (holes of a sparse output) are zeros; a part that is all zeros is
 // never even filled: it shares one zero buffer whose MD5 is computed once.
@@ -67,6 +67,12 @@ interface OpenPart {
 }
 
 const zeroMd5s = new Map<number, Buffer>();
+/**
+ * Least size of part 1, which stays in memory until the end: S3's minimum part size (5 MiB), not a
+ * whole part (with 16 MiB parts, 11 MiB less held for the whole upload). Stores whose parts must
+ * all be the same size (file://) get a whole part.
+ */
+export const FIRST_PART_MIN = 5 * 1024 * 1024;
 
 export class ObjectSink implements Sink {
   readonly path: string;
@@ -97,9 +103,9 @@ export class ObjectSink implements Sink {
     this.slots = new BufferPool(options.partSize, options.concurrency + 1);
   }
 
-  /** Size of part 1 (the part held in memory). */
+  /** Size of part 1 (the part held in memory): the bytes the writer may rewrite, at least S3's minimum part. */
   get headSize(): number {
-    return Math.max(this.o.partSize, this.headBytes);
+    return Math.max(this.o.store.uniformParts ? this.o.partSize : Math.min(FIRST_PART_MIN, this.o.partSize), this.headBytes);
   }
 
   /** Sets the bytes the writer may rewrite at the start (before the first write). */
