@@ -262,11 +262,11 @@ abstract class HandleSink implements Sink {
     }
   }
 
-  /** Stops writing with O_DIRECT (the handle is closed once no write uses it any more). */
+  /** Stops writing with O_DIRECT (FileHandle.close waits for the writes still using the handle). */
   protected dropDirect(): void {
     const direct = this.direct;
     this.direct = undefined;
-    if (direct) setTimeout(() => void direct.close().catch(() => {}), 1000).unref();
+    void direct?.close().catch(() => {});
   }
 
   protected async syncAndClose(): Promise<void> {

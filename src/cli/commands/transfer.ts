@@ -107,7 +107,7 @@ export function registerTransferCommands(program: Command, state: RunState): voi
       .option('--exact-size', 'vpc: keep the exact virtual size')
       .option('--align-size <size>', 'round the virtual size up to a multiple of this')
       .option('--part-size <size>', 'multipart part size (default 16M, larger when needed to stay within 10,000 parts)')
-      .option('--concurrency <n>', 'parts uploaded at the same time (default: 64 MiB of parts, at most 6 as-is and 3 when converting; 4 and 3 with 16M parts)')
+      .option('--concurrency <n>', 'parts uploaded at the same time (default: 48 MiB of parts, at most 6 as-is and 3 when converting; 3 with 16M parts)')
       .option('--bandwidth <rate>', 'limit the upload rate: bytes/s (50M) or bits/s (400Mbit)')
       .option('--workers <n>', 'worker threads for compression and hashing (default: all cores)')
       .addOption(formatOption())
