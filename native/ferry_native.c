@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <node_api.h>
 #include <zlib.h>
 
@@ -148,6 +149,10 @@ static napi_value Init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "inflateInto", fn);
   napi_create_function(env, "alignedTo", NAPI_AUTO_LENGTH, AlignedTo, NULL, &fn);
   napi_set_named_property(env, exports, "alignedTo", fn);
+  // The memory page size: O_DIRECT pieces are aligned to it (64 KiB on some arm64 and ppc64 kernels).
+  napi_value page;
+  napi_create_double(env, (double)sysconf(_SC_PAGESIZE), &page);
+  napi_set_named_property(env, exports, "pageSize", page);
   return exports;
 }
 

@@ -27,6 +27,8 @@ export interface FerryNative {
   fallocate?: (fd: number, offset: number, length: number, keepSize?: boolean) => void;
   /** Whether every buffer's memory starts and ends on a multiple of `align` (a power of two). */
   alignedTo?: (buffers: Uint8Array[], align: number) => boolean;
+  /** sysconf(_SC_PAGESIZE). */
+  pageSize?: number;
 }
 let native: FerryNative | null | undefined;
 /** The native addon, or null when it was not built. */

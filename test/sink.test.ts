@@ -115,7 +115,24 @@ function residentBytes(path: string): number {
   return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', path], { encoding: 'utf8' }).trim());
 }
 
-test('directWrites: aligned pieces from the page-aligned arena go past the page cache, the others through it; the bytes are exact either way', async () => {
+/** Whether O_DIRECT writes bypass the page cache in `dir`'s file system (not on tmpfs, for one). */
+function directIoBypassesCache(dir: string): boolean {
+  const probe = join(dir, 'probe');
+  try {
+    execFileSync('dd', ['if=/dev/zero', `of=${probe}`, 'bs=64K', 'count=16', 'oflag=direct', 'status=none']);
+    return residentBytes(probe) === 0;
+  } catch {
+    return false;
+  } finally {
+    rmSync(probe, { force: true });
+  }
+}
+
+const directDir = mkdtempSync(join(tmpdir(), 'ferry-sink-direct-'));
+const directSkip = directIoBypassesCache(directDir) ? false : `O_DIRECT does not bypass the page cache in ${tmpdir()} (tmpfs?): set TMPDIR to a disk file system`;
+rmSync(directDir, { recursive: true, force: true });
+
+test('directWrites: aligned pieces from the page-aligned arena go past the page cache, the others through it; the bytes are exact either way', { skip: directSkip }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-sink-direct-'));
   const pool = new BufferPool(4 * MiB, 4);
   try {
@@ -147,6 +164,33 @@ test('directWrites: aligned pieces from the page-aligned arena go past the page 
       assert.ok(readFileSync(path).equals(expect), `the file holds exactly what was written (directWrites ${directWrites})`);
       for (const x of [a, b, c]) pool.give(x);
     }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('directWrites: a file system that answers a direct write with EINVAL is written through the cache from then on, byte-exact', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-sink-einval-'));
+  const pool = new BufferPool(4 * MiB, 2);
+  try {
+    const path = join(dir, 'out.bin');
+    const sink = await openSink(path, { directWrites: true });
+    // Stand in for a file system that opens with O_DIRECT but refuses the writes (alignment).
+    let refused = 0;
+    const refuse = async () => {
+      refused++;
+      throw Object.assign(new Error('EINVAL: invalid argument, write'), { code: 'EINVAL' });
+    };
+    (sink as unknown as { direct: unknown }).direct = { fd: -1, write: refuse, writev: refuse, close: async () => {} };
+    const a = pool.take(4 * MiB);
+    randomBytes(a.length).copy(a);
+    await sink.writev([a], 0);
+    await sink.writev([a], 4 * MiB);
+    assert.equal((sink as unknown as { direct: unknown }).direct, undefined, 'direct writes given up');
+    assert.ok(refused >= 1 && refused <= 3, `${refused} direct writes tried: at most the first write's pieces, in flight when the first failed`);
+    await sink.commit();
+    assert.ok(readFileSync(path).equals(Buffer.concat([a, a])));
+    pool.give(a);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

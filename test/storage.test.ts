@@ -19,6 +19,8 @@ import { loadCheckpoint } from '../src/transfer/checkpoint.js';
 import { readManifest } from '../src/transfer/manifest.js';
 import { parseLocation } from '../src/storage/location.js';
 import { openStore } from '../src/storage/open-store.js';
+import { S3Store } from '../src/storage/s3-store.js';
+import { FileStore } from '../src/storage/file-store.js';
 import { startS3Server, freePorts, type S3Server } from './s3-server.js';
 
 const BIN = fileURLToPath(new URL('../../bin/ferry.js', import.meta.url));
@@ -437,4 +439,25 @@ test('--bandwidth limits the upload rate (a 12 MiB upload at 4 MB/s cannot finis
   // The token bucket allows one second of burst: 12 MiB at 4 MB/s needs at least ~2.1 s.
   assert.ok(seconds >= 2, `took only ${seconds} s`);
   console.log(`# 12 MiB with --bandwidth 4M: ${seconds.toFixed(1)} s`);
+});
+
+test('part layout: uniform parts for Cloudflare R2 (it wants every part but the last the same size) and on request; a short part 1 elsewhere', () => {
+  const uniform = (endpoint: string | undefined, env?: string) => {
+    const saved = process.env.FERRY_UNIFORM_PARTS;
+    if (env === undefined) delete process.env.FERRY_UNIFORM_PARTS;
+    else process.env.FERRY_UNIFORM_PARTS = env;
+    try {
+      return new S3Store('b', endpoint ? { endpoint } : {}).uniformParts;
+    } finally {
+      if (saved === undefined) delete process.env.FERRY_UNIFORM_PARTS;
+      else process.env.FERRY_UNIFORM_PARTS = saved;
+    }
+  };
+  assert.equal(uniform('https://0123456789abcdef.r2.cloudflarestorage.com'), true);
+  assert.equal(uniform('https://0123456789abcdef.eu.r2.cloudflarestorage.com/'), true);
+  assert.equal(uniform('https://minio.example:9000'), false);
+  assert.equal(uniform(undefined), false, 'AWS');
+  assert.equal(uniform('https://r2.cloudflarestorage.com.example.org'), false, 'not an R2 host');
+  assert.equal(uniform('https://minio.example:9000', '1'), true, 'FERRY_UNIFORM_PARTS=1');
+  assert.equal(new FileStore('/nonexistent').uniformParts, true, 'the file:// store lays parts out by number');
 });

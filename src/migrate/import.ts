@@ -160,7 +160,8 @@ export async function importImage(source: string, target: string, opts: ImportOp
       ...(remoteSink ? { sink: remoteSink } : {}),
       ...(opts.overwrite ? { overwrite: true } : {}),
       ...(opts.partialPath ? { partialPath: opts.partialPath } : {}),
-      directWrites: true,
+      // Jobs checkpoint (fdatasync every 32 MiB): the page cache would only cost a copy (SinkOptions.directWrites).
+      ...(opts.checkpoint && !remoteSink ? { directWrites: true } : {}),
       ...(resumeAt ? { resumeAt } : {}),
       ...(opts.checkpoint && !remoteSink ? { checkpoint: opts.checkpoint } : {}),
       ...(opts.maxInFlightBytes ? { maxInFlightBytes: opts.maxInFlightBytes } : {}),

@@ -52,6 +52,11 @@ function describeEndpoint(endpoint: string | undefined, region: string): string 
 export class S3Store implements ObjectStore {
   readonly name: string;
   readonly reportsCrc64: boolean;
+  /**
+   * Cloudflare R2 wants every part but the last to be the same size (AWS, COS, MinIO, Ceph and Swift
+   * only want 5 MiB at least); FERRY_UNIFORM_PARTS=1 asks for the same of any other endpoint.
+   */
+  readonly uniformParts: boolean;
   bytesRead = 0;
   private client: S3Client | undefined;
   private connecting: Promise<{ client: S3Client; s3: Sdk }> | undefined;
@@ -78,6 +83,7 @@ export class S3Store implements ObjectStore {
     this.endpointText = describeEndpoint(endpoint, region);
     this.name = `${opts.cos ? 'cos' : 's3'}://${bucket}`;
     this.reportsCrc64 = opts.cos === true;
+    this.uniformParts = env.FERRY_UNIFORM_PARTS === '1' || (endpoint !== undefined && /\.r2\.cloudflarestorage\.com(:\d+)?(\/|$)/i.test(endpoint));
     this.secure = !endpoint || endpoint.startsWith('https:');
     this.sockets = opts.maxSockets ?? 16;
     const config: S3ClientConfig = {

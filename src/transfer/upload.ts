@@ -160,7 +160,8 @@ function plan(image: DiskImage, fileSize: number, opts: UploadOptions): Plan {
   if (partSize < MIN_PART || partSize > MAX_PART) {
     throw new FerryError('USAGE', `part size ${partSize} is outside S3's limits (5 MiB – 5 GiB)`, { remedy: 'Give --part-size between 5M and 5G, or leave it out.' });
   }
-  if (Math.ceil(maxBytes / partSize) > MAX_PARTS) {
+  // +1: part 1 may be shorter than the others (object-sink.ts FIRST_PART_MIN).
+  if (Math.ceil(maxBytes / partSize) + 1 > MAX_PARTS) {
     throw new FerryError('USAGE', `with ${partSize}-byte parts this upload could need more than ${MAX_PARTS} parts`, {
       remedy: `Give a larger --part-size (at least ${choosePartSize(maxBytes)} bytes), or leave it out to have it chosen.`,
     });
@@ -199,6 +200,8 @@ class RestartUpload extends Error {}
 
 async function runUpload(image: DiskImage, source: SourceIdentity, store: ObjectStore, key: string, url: string, opts: UploadOptions, started: bigint): Promise<UploadResult> {
   const p = plan(image, source.size, opts);
+  // Part 1's size depends on the store (uniform parts or not): a checkpoint made the other way is not resumed.
+  if (store.uniformParts) p.settings.uniformParts = true;
   const workers = opts.workers ?? defaultWorkers();
   // Converting already keeps the cores busy: fewer parts in flight, less memory.
   const concurrency = opts.concurrency ?? Math.max(2, Math.min(p.asIs ? 6 : 3, Math.floor(IN_FLIGHT_PARTS_BYTES / p.partSize)));
