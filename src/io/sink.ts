@@ -265,16 +265,18 @@ abstract class HandleSink implements Sink {
   }
 
   /** Stops writing with O_DIRECT (FileHandle.close waits for the writes still using the handle). */
-  protected dropDirect(): void {
-    const direct = this.direct;
-    this.direct = undefined;
-    void direct?.close().catch(() => {});
-  }
-
-  protected async syncAndClose(): Promise<void> {
+  private async closeDirect(): Promise<void> {
     const direct = this.direct;
     this.direct = undefined;
     await direct?.close().catch(() => {});
+  }
+
+  private dropDirect(): void {
+    void this.closeDirect();
+  }
+
+  protected async syncAndClose(): Promise<void> {
+    await this.closeDirect();
     try {
       await this.flushing;
       if (this.flushError) throw this.flushError;
@@ -289,9 +291,7 @@ abstract class HandleSink implements Sink {
   /** Waits for a background flush, so closing does not race it. */
   protected async settle(): Promise<void> {
     await this.flushing;
-    const direct = this.direct;
-    this.direct = undefined;
-    await direct?.close().catch(() => {});
+    await this.closeDirect();
   }
 
   abstract commit(): Promise<void>;

@@ -141,7 +141,7 @@ interface Plan {
   partSize: number;
 }
 
-function plan(image: DiskImage, fileSize: number, opts: UploadOptions): Plan {
+function plan(image: DiskImage, fileSize: number, opts: UploadOptions, uniformParts: boolean): Plan {
   const asIs = opts.to === undefined && opts.compress === undefined && opts.subformat === undefined && opts.clusterSize === undefined;
   const spec: WriteSpec | undefined = asIs
     ? undefined
@@ -166,7 +166,8 @@ function plan(image: DiskImage, fileSize: number, opts: UploadOptions): Plan {
       remedy: `Give a larger --part-size (at least ${choosePartSize(maxBytes)} bytes), or leave it out to have it chosen.`,
     });
   }
-  const settings = { tool: toolVersion(), asIs, spec: spec ?? null, partSize, firstPartMin: FIRST_PART_MIN };
+  // Part 1's size depends on the store (uniform parts or not): a checkpoint made the other way is not resumed.
+  const settings = { tool: toolVersion(), asIs, spec: spec ?? null, partSize, firstPartMin: FIRST_PART_MIN, ...(uniformParts ? { uniformParts: true } : {}) };
   return { asIs, spec, settings, partSize };
 }
 
@@ -199,9 +200,7 @@ export async function uploadImage(src: string, dest: string, opts: UploadOptions
 class RestartUpload extends Error {}
 
 async function runUpload(image: DiskImage, source: SourceIdentity, store: ObjectStore, key: string, url: string, opts: UploadOptions, started: bigint): Promise<UploadResult> {
-  const p = plan(image, source.size, opts);
-  // Part 1's size depends on the store (uniform parts or not): a checkpoint made the other way is not resumed.
-  if (store.uniformParts) p.settings.uniformParts = true;
+  const p = plan(image, source.size, opts, store.uniformParts ?? false);
   const workers = opts.workers ?? defaultWorkers();
   // Converting already keeps the cores busy: fewer parts in flight, less memory.
   const concurrency = opts.concurrency ?? Math.max(2, Math.min(p.asIs ? 6 : 3, Math.floor(IN_FLIGHT_PARTS_BYTES / p.partSize)));
