@@ -69,3 +69,17 @@ test('the content digest matches its definition whatever the pieces, on this thr
   z.zeros(0, size);
   assert.equal((await z.result()).digest, reference(Buffer.alloc(size)));
 });
+
+test('data after a gap: the gap is hashed as zeros, as documented', async () => {
+  const size = 2 * MANIFEST_CHUNK + 4096;
+  const disk = Buffer.alloc(size);
+  const first = randomBytes(8192);
+  const second = randomBytes(4096);
+  first.copy(disk, 0);
+  second.copy(disk, MANIFEST_CHUNK + 512); // after a gap that crosses nothing, mid-chunk
+  const h = new ContentHasher(size);
+  h.data(0, first);
+  h.data(MANIFEST_CHUNK + 512, second); // no zeros() for the gap in between
+  assert.equal((await h.result()).digest, reference(disk));
+  assert.throws(() => h.data(0, first), /out of order/);
+});

@@ -100,7 +100,7 @@ export class ContentHasher {
 
   /** Feeds `data` at `offset` (must equal the bytes fed so far; gaps are fed as zeros first). */
   data(offset: number, data: Buffer): void {
-    if (offset > this.position) this.zeros(offset, offset - this.position);
+    if (offset > this.position) this.zeros(this.position, offset - this.position);
     if (offset !== this.position) throw new RangeError(`content hashed out of order: ${offset} after ${this.position}`);
     let at = 0;
     while (at < data.length) {
