@@ -1,11 +1,15 @@
 // The manifest's content digest: SHA-256 over the SHA-256s of every 4 MiB chunk of the virtual
 // disk. Checked against that definition computed directly, for content fed in arbitrary pieces
 // (data and zero runs), with hashing on this thread and offloaded (assembled chunks, whole-chunk
-// pieces handed over as they are).
+// pieces handed over as they are), and hashing on the pool bounded behind a fast reader.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { ContentHasher, MANIFEST_CHUNK } from '../src/transfer/content-hash.js';
+import { HASHES_IN_FLIGHT, hashing, offloadedHasher } from '../src/transfer/content-hash-pool.js';
+import { BufferPool } from '../src/pipeline/buffer-pool.js';
+import { WorkerPool } from '../src/pipeline/worker-pool.js';
+import type { VirtualChunk } from '../src/pipeline/virtual-stream.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest();
 
@@ -82,4 +86,39 @@ test('data after a gap: the gap is hashed as zeros, as documented', async () => 
   h.data(MANIFEST_CHUNK + 512, second); // no zeros() for the gap in between
   assert.equal((await h.result()).digest, reference(disk));
   assert.throws(() => h.data(0, first), /out of order/);
+});
+
+test('hashing() on the pool cannot fall behind a fast reader: digests in flight stay bounded, the digest is right', async () => {
+  // A reader far faster than the hashing (as a cached file is, with the workers also busy with
+  // part MD5s): without the bound every chunk waiting for its hash holds its buffer.
+  const pool = new WorkerPool(2);
+  try {
+    const chunks = 48;
+    const size = chunks * MANIFEST_CHUNK - 3 * 512; // a short last chunk: assembled in a cell
+    const arena = new BufferPool(MANIFEST_CHUNK, chunks);
+    const disk = Buffer.alloc(size);
+    async function* fast(): AsyncGenerator<VirtualChunk> {
+      for (let i = 0; i < chunks; i++) {
+        const offset = i * MANIFEST_CHUNK;
+        const length = Math.min(MANIFEST_CHUNK, size - offset);
+        const data = arena.take(length);
+        data.fill(i + 1);
+        data.copy(disk, offset);
+        // Odd chunks arrive in two pieces: they go through the cells, not straight to the pool.
+        if (i % 2) {
+          yield { offset, length: 4096, kind: 'data', data: data.subarray(0, 4096) };
+          yield { offset: offset + 4096, length: length - 4096, kind: 'data', data: data.subarray(4096), release: () => arena.give(data) };
+        } else {
+          yield { offset, length, kind: 'data', data, release: (b) => arena.give(b ?? data) };
+        }
+      }
+    }
+    const hasher = offloadedHasher(size, pool);
+    for await (const c of hashing(fast(), hasher, pool)) c.release?.();
+    assert.equal((await hasher.result()).digest, reference(disk));
+    assert.ok(hasher.peakBacklog >= 2, `the pool hashed chunks side by side (peak ${hasher.peakBacklog})`);
+    assert.ok(hasher.peakBacklog <= HASHES_IN_FLIGHT, `at most ${HASHES_IN_FLIGHT} digests in flight, saw ${hasher.peakBacklog}`);
+  } finally {
+    await pool.close();
+  }
 });

@@ -20,10 +20,20 @@ function poolSha256(pool: WorkerPool): (data: Buffer) => Promise<Buffer> {
   };
 }
 
+/**
+ * Digests a hashing stream lets run on the pool before it waits (see ContentHasher.backlogBelow):
+ * without a bound, a fast reader (a cached file) outruns workers busy with other jobs too (part
+ * MD5s), and every chunk waiting for its hash holds a buffer (fresh ones once the arena is used
+ * up): an as-is upload of the 1.7 GB reference qcow2 peaked at 510 MiB, 234 with the bound. 3
+ * made imports ~0.1 s slower; 6 does not.
+ */
+export const HASHES_IN_FLIGHT = 6;
+
 /** Content hashing with chunks assembled in a small arena and hashed on the pool. */
 export function offloadedHasher(total: number, pool: WorkerPool | undefined): ContentHasher {
   if (!pool) return new ContentHasher(total);
-  const cells = new BufferPool(MANIFEST_CHUNK, 3);
+  // The cells hashing (HASHES_IN_FLIGHT at most, when fed through hashing()) and the one filling.
+  const cells = new BufferPool(MANIFEST_CHUNK, HASHES_IN_FLIGHT + 1);
   return new ContentHasher(total, { digest: poolSha256(pool), take: () => cells.take(MANIFEST_CHUNK), give: (b) => cells.give(b) });
 }
 
@@ -36,6 +46,7 @@ export async function* hashing(chunks: AsyncGenerator<VirtualChunk>, hasher: Con
   const digest = pool ? poolSha256(pool) : undefined;
   for await (const c of chunks) {
     if (c.data) {
+      await hasher.backlogBelow(HASHES_IN_FLIGHT);
       const data = c.data.length === c.length ? c.data : c.data.subarray(0, c.length);
       const pending = digest && data.buffer instanceof SharedArrayBuffer ? hasher.dataAsync(c.offset, data, digest) : (hasher.data(c.offset, data), undefined);
       if (pending && c.release) {

@@ -53,6 +53,11 @@ export class ContentHasher {
   /** Bytes of the current chunk fed so far. */
   private filled = 0;
   private readonly digests: (Buffer | Promise<Buffer>)[] = [];
+  /** Digests computed elsewhere and not settled yet, and who waits for their number to fall. */
+  private outstanding = 0;
+  /** The most digests that were running elsewhere at once (for tests and diagnostics). */
+  peakBacklog = 0;
+  private waiters: (() => void)[] = [];
 
   constructor(
     readonly total: number,
@@ -69,7 +74,7 @@ export class ContentHasher {
       const cell = this.cell;
       const len = this.chunkLength(index);
       if (this.filled < len) cell.fill(0, this.filled, len);
-      const p = this.offload!.digest(cell.subarray(0, len));
+      const p = this.track(this.offload!.digest(cell.subarray(0, len)));
       p.catch(() => {}).finally(() => this.offload!.give(cell));
       this.digests.push(p);
       this.cell = undefined;
@@ -80,6 +85,26 @@ export class ContentHasher {
     this.filled = 0;
   }
 
+  private track(p: Promise<Buffer>): Promise<Buffer> {
+    this.outstanding++;
+    this.peakBacklog = Math.max(this.peakBacklog, this.outstanding);
+    const settled = () => {
+      this.outstanding--;
+      for (const w of this.waiters.splice(0)) w();
+    };
+    p.then(settled, settled);
+    return p;
+  }
+
+  /**
+   * Resolves once fewer than `n` digests computed elsewhere are still running: a producer that
+   * waits for this before each piece cannot run ahead of the hashing (each piece of at most one
+   * chunk starts at most one new digest, so at most `n` cells are hashing and one is filling).
+   */
+  async backlogBelow(n: number): Promise<void> {
+    while (this.outstanding >= n) await new Promise<void>((r) => this.waiters.push(r));
+  }
+
   /**
    * Feeds `data` at `offset` like data(), but when it is exactly one whole chunk, hands the hashing
    * to `digest` (e.g. a worker thread) and returns the promise of it: `data` must stay unchanged
@@ -88,7 +113,7 @@ export class ContentHasher {
   dataAsync(offset: number, data: Buffer, digest: (data: Buffer) => Promise<Buffer>): Promise<Buffer> | undefined {
     if (offset > this.position) this.zeros(this.position, offset - this.position);
     if (offset === this.position && this.filled === 0 && data.length === this.chunkLength(this.digests.length)) {
-      const p = digest(data);
+      const p = this.track(digest(data));
       p.catch(() => {}); // observed by result()
       this.digests.push(p);
       this.position += data.length;

@@ -31,7 +31,7 @@ import { multipartEtag, type ObjectStore } from '../storage/store.js';
 import { crc64Combine } from '../storage/crc64.js';
 import { loadCheckpoint, recordPart, removeCheckpoint, sameSettings, saveCheckpoint, type SourceIdentity, type UploadCheckpoint } from './checkpoint.js';
 import { ContentHasher, type ContentDigest } from './content-hash.js';
-import { digestImage, hashing, offloadedHasher } from './content-hash-pool.js';
+import { digestImage, HASHES_IN_FLIGHT, hashing, offloadedHasher } from './content-hash-pool.js';
 import { META, writeManifest, type Manifest } from './manifest.js';
 import { FIRST_PART_MIN, ObjectSink } from './object-sink.js';
 import { RateLimiter } from './rate-limit.js';
@@ -432,6 +432,7 @@ async function copyFile(path: string, sink: ObjectSink, hasher: ContentHasher | 
           if (k === 0) throw new FerryError('IO_ERROR', `${path}: the file shrank while it was read`, { remedy: 'Do not modify the image during the upload; run again.' });
           got += k;
         }
+        await hasher?.backlogBelow(HASHES_IN_FLIGHT);
         hasher?.data(at, buf.subarray(0, n));
         await sink.write(buf.subarray(0, n), at);
         onProgress(at + n);
