@@ -461,3 +461,24 @@ test('part layout: uniform parts for Cloudflare R2 (it wants every part but the 
   assert.equal(uniform('https://minio.example:9000', '1'), true, 'FERRY_UNIFORM_PARTS=1');
   assert.equal(new FileStore('/nonexistent').uniformParts, true, 'the file:// store lays parts out by number');
 });
+
+test('a format whose tables outgrow a part (VMDK monolithicSparse of a 160 GiB disk) uploads to a one-part-size store; a too small --part-size is refused', () => {
+  // 20 MiB of grain tables at the start (more than a 16 MiB part), rewritten at the end: they
+  // must all be in part 1.
+  const sparse = join(dir, 'tib.raw');
+  writeFileSync(sparse, '');
+  execFileSync('truncate', ['-s', '160G', sparse]);
+  execFileSync('dd', [`of=${sparse}`, 'if=/dev/urandom', 'bs=1M', 'count=3', 'seek=100000', 'conv=notrunc', 'status=none']);
+  const store = join(dir, 'tib-store');
+  const up = ferry({}, 'upload', '--json', sparse, `file://${store}/tib.vmdk`, '--to', 'vmdk', '--subformat', 'monolithicSparse');
+  assert.equal(up.code, 0, up.stdout + up.stderr);
+  const object = doc(up).object as { partSize: number; parts: number };
+  assert.ok(object.partSize >= 20 << 20, `part size ${object.partSize} holds the 20 MiB of tables`);
+  assert.equal(qemuCompare(sparse, join(store, 'tib.vmdk'), 'vmdk'), 0);
+  const small = ferry({}, 'upload', '--json', sparse, `file://${store}/tib2.vmdk`, '--to', 'vmdk', '--subformat', 'monolithicSparse', '--part-size', '16M');
+  assert.equal(small.code, 64, small.stdout + small.stderr);
+  assert.match(small.stderr + small.stdout, /USAGE[\s\S]*--part-size 21M or more/);
+  noStack(small);
+  rmSync(sparse);
+  rmSync(store, { recursive: true, force: true });
+});

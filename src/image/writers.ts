@@ -5,7 +5,8 @@ import { Qcow2Writer } from './qcow2/writer.js';
 import { RawWriter } from './raw-writer.js';
 import { VhdWriter } from './vhd/writer.js';
 import { VmdkWriter } from './vmdk/writer.js';
-import { badSpec, type ImageWriter, type WriterContext } from './writer.js';
+import { badSpec, type ImageWriter, type WriteSpec, type WriterContext } from './writer.js';
+import type { Sink } from '../io/sink.js';
 
 /** Subformat names accepted per format (qemu's names), the first one being the default. */
 export const WRITE_SUBFORMATS: Record<string, readonly string[]> = {
@@ -55,4 +56,15 @@ export function createWriter(ctx: WriterContext): ImageWriter {
     case 'vmdk':
       return new VmdkWriter(ctx);
   }
+}
+
+/**
+ * The bytes at the start of `spec`'s output that its writer rewrites at the end (ImageWriter.
+ * headBytes: header and tables), known before anything is written — e.g. to size the first part
+ * of an upload. The writer is built against a sink that refuses all I/O.
+ */
+export function headBytesFor(spec: WriteSpec, sourceSize: number, path: string): number {
+  const refuse = (): Promise<never> => Promise.reject(new FerryError('INTERNAL', 'headBytesFor: the measuring writer tried to write', { remedy: 'This is a bug in Ferry; please report it.' }));
+  const sink: Sink = { path, isBlockDevice: false, deviceSize: undefined, write: refuse, writev: refuse, truncate: refuse, reserve: refuse, commit: refuse, abort: () => Promise.resolve() };
+  return createWriter({ sink, spec, sourceSize }).headBytes;
 }

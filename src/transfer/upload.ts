@@ -20,7 +20,7 @@ import { FileSource } from '../io/byte-source.js';
 import { openImage } from '../image/open.js';
 import type { DiskImage, ImageFormat } from '../image/types.js';
 import type { CompressionCodec, WriteSpec } from '../image/writer.js';
-import { createWriter } from '../image/writers.js';
+import { createWriter, headBytesFor } from '../image/writers.js';
 import { chunkSizeFor, writeChunks } from '../pipeline/convert.js';
 import { streamVirtual } from '../pipeline/virtual-stream.js';
 import { defaultWorkers, WorkerPool } from '../pipeline/worker-pool.js';
@@ -156,9 +156,25 @@ function plan(image: DiskImage, fileSize: number, opts: UploadOptions, uniformPa
       };
   // Most an output can be: the file itself, or the virtual size plus metadata.
   const maxBytes = asIs ? fileSize : Math.ceil(image.virtualSize * 1.01) + 64 * 1024 * 1024;
-  const partSize = opts.partSize ?? choosePartSize(maxBytes);
+  // Part 1 holds the output's header and tables (rewritten at the end): on a store whose parts
+  // must all be the same size, no part can be smaller than that (VMDK monolithicSparse keeps
+  // 128 MiB of grain tables there for a 1 TiB disk).
+  const headBytes = spec ? headBytesFor(spec, image.virtualSize, 'measure') : 0;
+  const mib = 1024 * 1024;
+  const fitted = uniformParts ? Math.max(choosePartSize(maxBytes), Math.ceil(headBytes / mib) * mib) : choosePartSize(maxBytes);
+  const partSize = opts.partSize ?? fitted;
   if (partSize < MIN_PART || partSize > MAX_PART) {
     throw new FerryError('USAGE', `part size ${partSize} is outside S3's limits (5 MiB – 5 GiB)`, { remedy: 'Give --part-size between 5M and 5G, or leave it out.' });
+  }
+  if (headBytes > MAX_PART) {
+    throw new FerryError('USAGE', `a ${spec!.format} output of this ${image.virtualSize}-byte disk starts with ${headBytes} bytes of tables, more than one part can hold (5 GiB)`, {
+      remedy: spec!.format === 'vmdk' ? 'Upload it as streamOptimized VMDK (the default), or as qcow2.' : 'Upload it in another format (--to qcow2).',
+    });
+  }
+  if (uniformParts && partSize < headBytes) {
+    throw new FerryError('USAGE', `this store needs parts of one size, and the ${spec!.format} output's header and tables (${headBytes} bytes) must fit in part 1: --part-size ${partSize} is too small`, {
+      remedy: `Give --part-size ${Math.ceil(headBytes / mib)}M or more, or leave it out to have it chosen.`,
+    });
   }
   // +1: part 1 may be shorter than the others (object-sink.ts FIRST_PART_MIN).
   if (Math.ceil(maxBytes / partSize) + 1 > MAX_PARTS) {
