@@ -11,7 +11,7 @@ import { createServer, request, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { HeadObjectCommand, ListPartsCommand, UploadPartCommand } from '@aws-sdk/client-s3';
+import { HeadObjectCommand, ListPartsCommand, PutObjectCommand, UploadPartCommand } from '@aws-sdk/client-s3';
 import { uploadImage } from '../src/transfer/upload.js';
 import { downloadObject } from '../src/transfer/download.js';
 import { verifyObject } from '../src/transfer/verify.js';
@@ -481,4 +481,26 @@ test('a format whose tables outgrow a part (VMDK monolithicSparse of a 160 GiB d
   noStack(small);
   rmSync(sparse);
   rmSync(store, { recursive: true, force: true });
+});
+
+test('download checks each part as it arrives: a byte changed on the server is named by its part, and no file is left', async () => {
+  const url = `s3://${BUCKET}/changed.raw`;
+  const up = ferry({}, 'upload', '--json', raw, url, '--part-size', '5M');
+  assert.equal(up.code, 0, up.stdout + up.stderr);
+  // The same size with one byte changed in the third part (bytes 10..15 MiB), the manifest kept.
+  const body = readFileSync(raw);
+  body[12 << 20] ^= 0x40;
+  await s3.client.send(new PutObjectCommand({ Bucket: BUCKET, Key: 'changed.raw', Body: body }));
+  const out = join(dir, 'changed-back.raw');
+  const down = ferry({}, 'download', '--json', url, out);
+  assert.equal(down.code, 9, down.stdout + down.stderr);
+  assert.match(down.stdout + down.stderr, /CHECKSUM_MISMATCH[\s\S]*part 3 \(bytes 10485760\.\./);
+  noStack(down);
+  assert.equal(existsSync(out), false, 'no file under the final name');
+  assert.deepEqual(readdirSync(dir).filter((n) => n.includes('changed-back')), [], 'no temporary file either');
+  // An object without a manifest is checked against its ETag (one part: the MD5 of its bytes).
+  await s3.client.send(new PutObjectCommand({ Bucket: BUCKET, Key: 'plain.raw', Body: body }));
+  const plain = await downloadObject(`s3://${BUCKET}/plain.raw`, join(dir, 'plain-back.raw'));
+  assert.equal(plain.verified, 'etag');
+  assert.equal(sha(join(dir, 'plain-back.raw')), createHash('sha256').update(body).digest('hex'));
 });

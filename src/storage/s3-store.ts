@@ -192,6 +192,25 @@ export class S3Store implements ObjectStore {
     }
   }
 
+  async getRangeInto(key: string, offset: number, into: Buffer, signal?: AbortSignal): Promise<number> {
+    if (into.length === 0) return 0;
+    try {
+      const { client, s3 } = await this.connect();
+      const r = await client.send(new s3.GetObjectCommand({ Bucket: this.bucket, Key: key, Range: `bytes=${offset}-${offset + into.length - 1}` }), signal ? { abortSignal: signal } : {});
+      let at = 0;
+      for await (const chunk of r.Body as AsyncIterable<Uint8Array>) {
+        const n = Math.min(chunk.length, into.length - at);
+        if (n > 0) into.set(n === chunk.length ? chunk : chunk.subarray(0, n), at);
+        at += n;
+      }
+      this.bytesRead += at;
+      return at;
+    } catch (err) {
+      if (status(err) === 416) return 0;
+      throw this.translate(err, `reading ${this.name}/${key} (bytes ${offset}..${offset + into.length})`, key);
+    }
+  }
+
   async put(key: string, body: Buffer, contentType = 'application/octet-stream'): Promise<void> {
     try {
       const { client, s3 } = await this.connect();

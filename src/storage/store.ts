@@ -46,6 +46,11 @@ export interface ObjectStore {
    * readers use getRange.
    */
   getRangePieces?(key: string, offset: number, length: number, signal?: AbortSignal): Promise<Buffer[]>;
+  /**
+   * Reads [offset, offset + into.length) into `into` as it arrives (nothing is kept but `into`);
+   * resolves to the bytes read (fewer at the object's end). Optional; without it readers use getRange.
+   */
+  getRangeInto?(key: string, offset: number, into: Buffer, signal?: AbortSignal): Promise<number>;
   /** Stores a small object in one request (with Content-MD5). */
   put(key: string, body: Buffer, contentType?: string): Promise<void>;
   delete(key: string): Promise<void>;
