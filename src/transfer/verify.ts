@@ -10,6 +10,10 @@ import { ObjectSource } from '../storage/object-source.js';
 import { openStore, type StoreOptions } from '../storage/open-store.js';
 import { checkContentAgainstManifest, checkObjectAgainstManifest, readManifest } from './manifest.js';
 import { digestImage } from './content-hash-pool.js';
+import { defaultWorkers, WorkerPool } from '../pipeline/worker-pool.js';
+
+/** Range reads ahead of the hashing (several requests in flight). */
+const VERIFY_IN_FLIGHT = 32 * 1024 * 1024;
 
 export interface VerifyResult {
   object: string;
@@ -38,11 +42,15 @@ export async function verifyObject(url: string, opts: { store?: StoreOptions; on
     checkObjectAgainstManifest(loc.url, info, m);
     const src = new ObjectSource(store, loc.key, info.size);
     const image = await openImageSource(src, { format: m.image.format as ImageFormat });
+    // Decoding and hashing on the pool (the thread that drives the reads only copies).
+    const workers = defaultWorkers();
+    const pool = workers > 0 ? new WorkerPool(workers) : undefined;
     try {
-      const r = await digestImage(image, { total: m.image.virtualSize, onProgress: (done) => opts.onProgress?.({ done, total: image.virtualSize }) });
+      const r = await digestImage(image, { total: m.image.virtualSize, ...(pool ? { pool } : {}), maxInFlightBytes: VERIFY_IN_FLIGHT, onProgress: (done) => opts.onProgress?.({ done, total: image.virtualSize }) });
       checkContentAgainstManifest(r, m, loc.url, 'The object was damaged in storage: upload the image again from its source.');
       return { object: loc.url, format: m.image.format, virtualSize: m.image.virtualSize, size: info.size, chunks: r.chunks.length, digest: r.digest, bytesFetched: src.stats.bytesFetched, seconds: Number(process.hrtime.bigint() - started) / 1e9 };
     } finally {
+      await pool?.close();
       await image.close();
     }
   } finally {
