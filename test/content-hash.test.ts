@@ -80,7 +80,7 @@ test('data after a gap: the gap is hashed as zeros, as documented', async () => 
   const first = randomBytes(8192);
   const second = randomBytes(4096);
   first.copy(disk, 0);
-  second.copy(disk, MANIFEST_CHUNK + 512); // after a gap that crosses nothing, mid-chunk
+  second.copy(disk, MANIFEST_CHUNK + 512); // after a gap that crosses into the next chunk
   const h = new ContentHasher(size);
   h.data(0, first);
   h.data(MANIFEST_CHUNK + 512, second); // no zeros() for the gap in between

@@ -504,3 +504,53 @@ test('download checks each part as it arrives: a byte changed on the server is n
   assert.equal(plain.verified, 'etag');
   assert.equal(sha(join(dir, 'plain-back.raw')), createHash('sha256').update(body).digest('hex'));
 });
+
+test('download of parts larger than a piece (40 MiB parts, fetched 16 MiB at a time) is bit-exact; a changed byte names its part', async () => {
+  const url = `s3://${BUCKET}/large-parts.raw`;
+  const up = ferry({}, 'upload', '--json', big, url, '--part-size', '40M');
+  assert.equal(up.code, 0, up.stdout + up.stderr);
+  assert.equal((doc(up).object as { parts: number }).parts, 4, 'a 5 MiB part 1, then 40 + 40 + 35 MiB');
+  const out = join(dir, 'large-parts-back.raw');
+  const down = ferry({}, 'download', '--json', url, out);
+  assert.equal(down.code, 0, down.stdout + down.stderr);
+  assert.equal(doc(down).verified, 'manifest');
+  assert.equal(sha(out), sha(big));
+  rmSync(out);
+  // One byte changed in part 3 (bytes 45..85 MiB), in its last piece.
+  const body = readFileSync(big);
+  body[(85 << 20) - 7] ^= 1;
+  await s3.client.send(new PutObjectCommand({ Bucket: BUCKET, Key: 'large-parts.raw', Body: body }));
+  const bad = ferry({}, 'download', '--json', url, out);
+  assert.equal(bad.code, 9, bad.stdout + bad.stderr);
+  assert.match(bad.stdout + bad.stderr, /CHECKSUM_MISMATCH[\s\S]*part 3 \(bytes 47185920\.\.89128960\)/);
+  assert.equal(existsSync(out), false);
+});
+
+test('download checks the content before the file gets its name: a manifest whose content digest differs leaves no file', () => {
+  const store = join(dir, 'cm-store');
+  const url = `file://${store}/cm.raw`;
+  assert.equal(ferry({}, 'upload', '--json', raw, url).code, 0);
+  const mpath = join(store, 'cm.raw.ferry.json');
+  const m = JSON.parse(readFileSync(mpath, 'utf8')) as { content: { digest: string; chunks: string[] } };
+  m.content.chunks[3] = createHash('sha256').update('not this chunk').digest('hex');
+  m.content.digest = createHash('sha256').update(Buffer.concat(m.content.chunks.map((c) => Buffer.from(c, 'hex')))).digest('hex');
+  writeFileSync(mpath, JSON.stringify(m));
+  const out = join(dir, 'cm-back.raw');
+  const down = ferry({}, 'download', '--json', url, out);
+  assert.equal(down.code, 9, down.stdout + down.stderr);
+  assert.match(down.stdout + down.stderr, /CHECKSUM_MISMATCH[\s\S]*first in chunk 3 \(virtual bytes 12582912\.\./);
+  noStack(down);
+  assert.equal(existsSync(out), false, 'no file under the final name');
+  assert.deepEqual(readdirSync(dir).filter((n) => n.includes('cm-back')), [], 'no temporary file either');
+});
+
+test("an output whose tables alone exceed S3's largest part (VMDK monolithicSparse of 48 TiB) is refused up front, by what it is", () => {
+  const huge = join(dir, 'huge.qcow2');
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', huge, '48T']);
+  for (const url of [`file://${join(dir, 'huge-store')}/h.vmdk`, `s3://${BUCKET}/h.vmdk`]) {
+    const r = ferry({}, 'upload', '--json', huge, url, '--to', 'vmdk', '--subformat', 'monolithicSparse');
+    assert.equal(r.code, 64, r.stdout + r.stderr);
+    assert.match(r.stdout + r.stderr, /bytes of tables, more than one part can hold[\s\S]*streamOptimized/);
+    noStack(r);
+  }
+});

@@ -71,6 +71,12 @@ export class FileStore implements ObjectStore {
   }
 
   async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(length);
+    const done = await this.getRangeInto(key, offset, buf);
+    return done === length ? buf : buf.subarray(0, done);
+  }
+
+  async getRangeInto(key: string, offset: number, into: Buffer): Promise<number> {
     const path = this.objectPath(key);
     let fh;
     try {
@@ -83,15 +89,16 @@ export class FileStore implements ObjectStore {
       throw fromSystemError(err, path);
     }
     try {
-      const buf = Buffer.allocUnsafe(length);
       let done = 0;
-      while (done < length) {
-        const { bytesRead } = await fh.read(buf, done, length - done, offset + done);
+      while (done < into.length) {
+        const { bytesRead } = await fh.read(into, done, into.length - done, offset + done);
         if (bytesRead === 0) break;
         done += bytesRead;
       }
       this.bytesRead += done;
-      return done === length ? buf : buf.subarray(0, done);
+      return done;
+    } catch (err) {
+      throw fromSystemError(err, path);
     } finally {
       await fh.close();
     }

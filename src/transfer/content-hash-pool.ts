@@ -45,15 +45,15 @@ export function offloadedHasher(total: number, pool: WorkerPool | undefined): Co
 export async function* hashing(chunks: AsyncGenerator<VirtualChunk>, hasher: ContentHasher, pool: WorkerPool | undefined): AsyncGenerator<VirtualChunk> {
   const digest = pool ? poolSha256(pool) : undefined;
   for await (const c of chunks) {
+    await hasher.backlogBelow(HASHES_IN_FLIGHT);
     if (c.data) {
-      await hasher.backlogBelow(HASHES_IN_FLIGHT);
       const data = c.data.length === c.length ? c.data : c.data.subarray(0, c.length);
       const pending = digest && data.buffer instanceof SharedArrayBuffer ? hasher.dataAsync(c.offset, data, digest) : (hasher.data(c.offset, data), undefined);
       if (pending && c.release) {
         const release = c.release;
         c.release = (returned) => void pending.finally(() => release(returned)).catch(() => {});
       }
-    } else hasher.zeros(c.offset, c.length);
+    } else hasher.zeros(c.offset, c.length); // (zeros may finish a chunk being assembled, too)
     yield c;
   }
 }

@@ -98,8 +98,9 @@ export class ContentHasher {
 
   /**
    * Resolves once fewer than `n` digests computed elsewhere are still running: a producer that
-   * waits for this before each piece cannot run ahead of the hashing (each piece of at most one
-   * chunk starts at most one new digest, so at most `n` cells are hashing and one is filling).
+   * waits for this before each piece (data or zeros) cannot run ahead of the hashing (a data piece
+   * of at most one chunk, or a zero run, finishes at most one chunk being assembled, so at most `n`
+   * are hashing and one is filling).
    */
   async backlogBelow(n: number): Promise<void> {
     while (this.outstanding >= n) await new Promise<void>((r) => this.waiters.push(r));

@@ -3,12 +3,19 @@
 // stay holes. With a Ferry manifest every range is one upload part, checked against the part's
 // MD5 as it arrives (the damaged part is named), and the image's virtual content is checked
 // against the manifest's digest at the end; without one, a single-part object's ETag (its MD5) is
-// checked. The MD5s and the content check (decoding and SHA-256) run on a worker pool; ranges are
-// received into a bounded shared arena, so memory does not grow with the object or the link.
+// checked. The content is checked before the file gets its final name: a damaged download never
+// stands where the caller expects the disk.
+//
+// Ranges are fetched in pieces of at most 16 MiB, `concurrency` at a time, each received into a
+// slot of a shared arena (straight from the response where the store can: S3, file://) and
+// written from there: memory is concurrency × 16 MiB (64 MiB by default) whatever the part size.
+// A part of one piece gets its MD5 on the worker pool; a larger part (or a single-part object's
+// ETag) is hashed on this thread, its pieces in order (each piece waits in its slot for the ones
+// before it). The content check (decoding and SHA-256) runs on the pool.
 //
 // Example:
 //   await downloadObject('s3://images/disk.qcow2', 'disk.qcow2');
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { dirname } from 'node:path';
 import type { TransferListItem } from 'node:worker_threads';
 import { BufferPool, refTo } from '../pipeline/buffer-pool.js';
@@ -25,7 +32,7 @@ import { digestImage } from './content-hash-pool.js';
 
 export interface DownloadOptions {
   overwrite?: boolean;
-  /** Ranges in flight (default 8, fewer when parts are large: at most 64 MiB in flight). */
+  /** Pieces (of at most 16 MiB) in flight (default: 64 MiB of them, at most 8). */
   concurrency?: number;
   /** Worker threads for the MD5s and the content check (default: all cores). */
   workers?: number;
@@ -47,26 +54,68 @@ export interface DownloadResult {
 }
 
 const PIECE = 16 * 1024 * 1024;
-/** Bytes of ranges in flight by default (each range is held whole until written and checked). */
+/** Bytes of pieces in flight by default (each is held until written and checked). */
 const IN_FLIGHT_BYTES = 64 * 1024 * 1024;
 /** Read-ahead of the content check (decoding on the pool). */
 const CHECK_IN_FLIGHT = 16 * 1024 * 1024;
 
-/** The ranges to fetch: the manifest's parts (each checkable by MD5), else 16 MiB pieces. */
-function ranges(size: number, m: Manifest | undefined): { offset: number; length: number; md5?: string; part?: number }[] {
-  const out: { offset: number; length: number; md5?: string; part?: number }[] = [];
+/** A range whose MD5 is known: an upload part (from the manifest), or a single-part object. */
+interface Checked {
+  offset: number;
+  length: number;
+  md5: string;
+  /** For messages: "part 3" or "the object". */
+  what: string;
+  pieces: number;
+  /** Pieces of more than one: the MD5 so far, and the chain that feeds it the pieces in order. */
+  hash?: Hash;
+  chain: Promise<void>;
+}
+
+interface Piece {
+  offset: number;
+  length: number;
+  check?: Checked;
+  /** The last piece of its checked range. */
+  last: boolean;
+}
+
+/**
+ * The pieces to fetch: the manifest's parts (each checked by its MD5), or the object as one range
+ * checked by its ETag (`etag`: a single-part object's MD5), or unchecked; cut into ≤ 16 MiB.
+ */
+function plan(size: number, m: Manifest | undefined, etag: string | undefined): Piece[] {
+  const checked: Checked[] = [];
   if (m && m.object.size === size && m.object.partMd5.length > 0) {
     let offset = 0;
     m.object.partMd5.forEach((md5, i) => {
-      const len = Math.min(i === 0 ? m.object.firstPartSize : m.object.partSize, size - offset);
-      out.push({ offset, length: len, md5, part: i + 1 });
-      offset += len;
+      const length = Math.min(i === 0 ? m.object.firstPartSize : m.object.partSize, size - offset);
+      checked.push({ offset, length, md5, what: `part ${i + 1}`, pieces: Math.ceil(length / PIECE), chain: Promise.resolve() });
+      offset += length;
     });
-    if (offset === size) return out;
-    out.length = 0; // the manifest does not describe this object's layout
+    if (offset !== size) checked.length = 0; // the manifest does not describe this object's layout
+  } else if (etag && size > 0) {
+    checked.push({ offset: 0, length: size, md5: etag, what: 'the object', pieces: Math.ceil(size / PIECE), chain: Promise.resolve() });
   }
-  for (let offset = 0; offset < size; offset += PIECE) out.push({ offset, length: Math.min(PIECE, size - offset) });
-  return out;
+  const pieces: Piece[] = [];
+  if (checked.length === 0) {
+    for (let offset = 0; offset < size; offset += PIECE) pieces.push({ offset, length: Math.min(PIECE, size - offset), last: true });
+    return pieces;
+  }
+  for (const c of checked) {
+    if (c.pieces > 1) c.hash = createHash('md5');
+    for (let at = 0; at < c.length; at += PIECE) pieces.push({ offset: c.offset + at, length: Math.min(PIECE, c.length - at), check: c, last: at + PIECE >= c.length });
+  }
+  return pieces;
+}
+
+function mismatch(url: string, c: Checked): FerryError {
+  return c.what === 'the object'
+    ? new FerryError('CHECKSUM_MISMATCH', `${url}: the downloaded bytes do not have the MD5 of the object's ETag (${c.md5})`, { remedy: 'The transfer was damaged: download again.' })
+    : new FerryError('CHECKSUM_MISMATCH', `${url}: ${c.what} (bytes ${c.offset}..${c.offset + c.length}) does not match the MD5 the upload recorded`, {
+        remedy: 'The object was damaged or altered in storage: upload the image again from its source.',
+        details: { part: Number(c.what.slice(5)), offset: c.offset, length: c.length },
+      });
 }
 
 /** MD5 of `data` on the pool (shared arena ranges are read in place), or on this thread. */
@@ -81,9 +130,10 @@ export async function downloadObject(src: string, dest: string, opts: DownloadOp
   const started = process.hrtime.bigint();
   const loc = parseLocation(src);
   const store = openStore(loc, { maxSockets: (opts.concurrency ?? 8) + 2, ...opts.store });
-  const workers = opts.workers ?? defaultWorkers();
-  const pool = workers > 0 ? new WorkerPool(workers) : undefined;
+  let pool: WorkerPool | undefined;
   try {
+    const workers = opts.workers ?? defaultWorkers();
+    pool = workers > 0 ? new WorkerPool(workers) : undefined;
     const info = await store.head(loc.key);
     if (!info) {
       throw new FerryError('OBJECT_NOT_FOUND', `${loc.url}: no such object`, { remedy: 'Check the key (keys are case-sensitive); if it was being uploaded, run the upload again.' });
@@ -104,69 +154,76 @@ export async function downloadObject(src: string, dest: string, opts: DownloadOp
     }
     const sink = await openSink(dest, { overwrite: opts.overwrite ?? false });
     try {
-      const work = ranges(info.size, manifest);
-      const largest = Math.max(1, ...work.map((r) => r.length));
-      const concurrency = Math.max(1, Math.min(opts.concurrency ?? 8, opts.concurrency ? Infinity : Math.floor(IN_FLIGHT_BYTES / largest), work.length));
-      // A range is received into a slot of the arena, checked and written from there.
+      const etag = !manifest && !info.etag.includes('-') && /^[0-9a-f]{32}$/.test(info.etag) ? info.etag : undefined;
+      const pieces = plan(info.size, manifest, etag);
+      const largest = pieces.reduce((m, p) => Math.max(m, p.length), 1);
+      const concurrency = Math.max(1, Math.min(opts.concurrency ?? Math.min(8, Math.floor(IN_FLIGHT_BYTES / largest)), pieces.length));
       const slots = new BufferPool(largest, concurrency);
+      // The first failure stops the other fetches; all of them settle before the sink is removed.
+      const stop = new AbortController();
+      const signal = opts.signal ? AbortSignal.any([opts.signal, stop.signal]) : stop.signal;
+      let failure: { error: unknown } | undefined;
       let next = 0;
       let done = 0;
-      const whole = !manifest && !info.etag.includes('-') && /^[0-9a-f]{32}$/.test(info.etag) ? createHash('md5') : undefined;
-      // With a whole-object MD5 to check, ranges must be hashed in order: fetch in parallel, hash in order.
-      const fetched = new Map<number, Buffer>();
-      let hashedUpTo = 0;
+      const fetchInto = async (p: Piece, buf: Buffer): Promise<void> => {
+        const got = store.getRangeInto ? await store.getRangeInto(loc.key, p.offset, buf, signal) : (await store.getRange(loc.key, p.offset, p.length, signal)).copy(buf);
+        if (got !== p.length) {
+          throw new FerryError('UPLOAD_INCOMPLETE', `${loc.url}: the object ended early (at ${p.offset + got} of ${info.size} bytes)`, { remedy: 'The object changed during the download; run it again.' });
+        }
+      };
       const worker = async () => {
-        while (next < work.length) {
+        while (next < pieces.length && !failure) {
           if (opts.signal?.aborted) throw new FerryError('INTERRUPTED', 'the download was interrupted; the partial file was removed', { remedy: 'Run the command again.' });
-          const i = next++;
-          const r = work[i]!;
-          // Kept whole only when the in-order MD5 needs it later; else a slot, given back below.
-          const slot = whole ? undefined : slots.tryTake(r.length);
-          const buf = slot ?? Buffer.allocUnsafeSlow(r.length);
+          const p = pieces[next++]!;
+          const slot = slots.tryTake(p.length);
+          const buf = slot ?? Buffer.allocUnsafeSlow(p.length);
           try {
-            const got = store.getRangeInto ? await store.getRangeInto(loc.key, r.offset, buf, opts.signal) : (await store.getRange(loc.key, r.offset, r.length, opts.signal)).copy(buf);
-            if (got !== r.length) {
-              throw new FerryError('UPLOAD_INCOMPLETE', `${loc.url}: the object ended early (at ${r.offset + got} of ${info.size} bytes)`, { remedy: 'The object changed during the download; run it again.' });
-            }
-            if (r.md5 && (await md5Of(buf, pool)) !== r.md5) {
-              throw new FerryError('CHECKSUM_MISMATCH', `${loc.url}: part ${r.part} (bytes ${r.offset}..${r.offset + r.length}) does not match the MD5 the upload recorded`, {
-                remedy: 'The object was damaged or altered in storage: upload the image again from its source.',
-                details: { part: r.part, offset: r.offset, length: r.length },
+            const fetched = fetchInto(p, buf);
+            fetched.catch(() => {}); // observed below or through the chain
+            const c = p.check;
+            if (c?.hash) {
+              // Pieces are taken in order, so links are added in order: this one hashes this
+              // piece once it is here and every piece before it has been hashed.
+              const hash = c.hash;
+              c.chain = c.chain.then(() => fetched).then(() => {
+                hash.update(buf);
+                if (p.last && hash.digest('hex') !== c.md5) throw mismatch(loc.url, c);
               });
+              await c.chain;
+            } else {
+              await fetched;
+              if (c && (await md5Of(buf, pool)) !== c.md5) throw mismatch(loc.url, c);
             }
-            if (!isAllZero(buf)) await sink.write(buf, r.offset);
+            if (!isAllZero(buf)) await sink.write(buf, p.offset);
           } finally {
             if (slot) slots.give(slot);
           }
-          if (whole) {
-            fetched.set(i, buf);
-            while (fetched.has(hashedUpTo)) {
-              whole.update(fetched.get(hashedUpTo)!);
-              fetched.delete(hashedUpTo++);
-            }
-          }
-          done += r.length;
+          done += p.length;
           opts.onProgress?.({ done, total: info.size });
         }
       };
-      await Promise.all(Array.from({ length: concurrency }, worker));
+      const settled = await Promise.allSettled(
+        Array.from({ length: concurrency }, () =>
+          worker().catch((error: unknown) => {
+            failure ??= { error };
+            stop.abort();
+            throw error;
+          }),
+        ),
+      );
+      if (failure || settled.some((r) => r.status === 'rejected')) throw (failure ?? { error: new Error('the download failed') }).error;
       await sink.truncate(info.size);
-      let verified: DownloadResult['verified'] = 'none';
-      if (whole) {
-        const got = whole.digest('hex');
-        if (got !== info.etag) {
-          throw new FerryError('CHECKSUM_MISMATCH', `${loc.url}: the downloaded bytes have MD5 ${got}, but the object's ETag is ${info.etag}`, {
-            remedy: 'The transfer was damaged: download again.',
-          });
-        }
-        verified = 'etag';
+      if (etag && info.size === 0 && createHash('md5').digest('hex') !== etag) {
+        throw new FerryError('CHECKSUM_MISMATCH', `${loc.url}: the object is empty, but its ETag (${etag}) is not the MD5 of nothing`, { remedy: 'Check the object on the server.' });
       }
-      await sink.commit();
+      let verified: DownloadResult['verified'] = etag ? 'etag' : 'none';
       let content: { digest: string } | undefined;
       if (manifest) {
-        content = { digest: await verifyContent(dest, manifest, loc.url, pool) };
+        // Checked under its temporary name: a mismatch removes it.
+        content = { digest: await verifyContent('tempPath' in sink ? (sink.tempPath as string) : sink.path, manifest, loc.url, pool) };
         verified = 'manifest';
       }
+      await sink.commit();
       return { source: loc.url, path: dest, size: info.size, verified, ...(content ? { content } : {}), seconds: Number(process.hrtime.bigint() - started) / 1e9 };
     } catch (err) {
       await sink.abort();

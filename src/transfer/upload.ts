@@ -162,14 +162,14 @@ function plan(image: DiskImage, fileSize: number, opts: UploadOptions, uniformPa
   const headBytes = spec ? headBytesFor(spec, image.virtualSize, 'measure') : 0;
   const mib = 1024 * 1024;
   const fitted = uniformParts ? Math.max(choosePartSize(maxBytes), Math.ceil(headBytes / mib) * mib) : choosePartSize(maxBytes);
-  const partSize = opts.partSize ?? fitted;
-  if (partSize < MIN_PART || partSize > MAX_PART) {
-    throw new FerryError('USAGE', `part size ${partSize} is outside S3's limits (5 MiB – 5 GiB)`, { remedy: 'Give --part-size between 5M and 5G, or leave it out.' });
-  }
   if (headBytes > MAX_PART) {
     throw new FerryError('USAGE', `a ${spec!.format} output of this ${image.virtualSize}-byte disk starts with ${headBytes} bytes of tables, more than one part can hold (5 GiB)`, {
       remedy: spec!.format === 'vmdk' ? 'Upload it as streamOptimized VMDK (the default), or as qcow2.' : 'Upload it in another format (--to qcow2).',
     });
+  }
+  const partSize = opts.partSize ?? fitted;
+  if (partSize < MIN_PART || partSize > MAX_PART) {
+    throw new FerryError('USAGE', `part size ${partSize} is outside S3's limits (5 MiB – 5 GiB)`, { remedy: 'Give --part-size between 5M and 5G, or leave it out.' });
   }
   if (uniformParts && partSize < headBytes) {
     throw new FerryError('USAGE', `this store needs parts of one size, and the ${spec!.format} output's header and tables (${headBytes} bytes) must fit in part 1: --part-size ${partSize} is too small`, {
@@ -438,7 +438,10 @@ async function copyFile(path: string, sink: ObjectSink, hasher: ContentHasher | 
     const ranges = src.dataRanges ? await src.dataRanges(0, size) : [{ offset: 0, length: size }];
     let pos = 0;
     for (const r of ranges) {
-      if (r.offset > pos) hasher?.zeros(pos, r.offset - pos);
+      if (r.offset > pos) {
+        await hasher?.backlogBelow(HASHES_IN_FLIGHT);
+        hasher?.zeros(pos, r.offset - pos);
+      }
       for (let at = r.offset; at < r.offset + r.length; at += piece) {
         if (signal?.aborted) throw interrupted();
         const n = Math.min(piece, r.offset + r.length - at);

@@ -189,7 +189,7 @@ export function registerTransferCommands(program: Command, state: RunState): voi
       .argument('<source>', 's3://BUCKET/KEY, cos://…, file:///DIR/NAME')
       .argument('<dest>', 'local file')
       .option('--overwrite', 'replace an existing file')
-      .option('--concurrency <n>', 'range requests in flight (default 8)')
+      .option('--concurrency <n>', 'range requests in flight, each of at most 16 MiB (default 4 with 16 MiB parts: 64 MiB, at most 8)')
       .option('--no-verify', 'do not check against the manifest')
       .option('--json', 'print one JSON document (progress as JSON lines on stderr)'),
   ).action(async (source: string, dest: string, flags: StoreFlags & { json?: boolean; overwrite?: boolean; concurrency?: string; verify?: boolean; virtualHost?: boolean }) => {
