@@ -16,6 +16,8 @@ const SEEK_END = 2;
 export interface Sink {
   /** The final path (for messages and names written into images, e.g. a VMDK extent name). */
   readonly path: string;
+  /** Where the bytes are until commit, when not at `path` (files: a temporary name). */
+  readonly tempPath?: string;
   readonly isBlockDevice: boolean;
   /** Size of the device (block devices), or undefined for files. */
   readonly deviceSize: number | undefined;

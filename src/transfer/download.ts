@@ -64,10 +64,9 @@ interface Checked {
   offset: number;
   length: number;
   md5: string;
-  /** For messages: "part 3" or "the object". */
-  what: string;
-  pieces: number;
-  /** Pieces of more than one: the MD5 so far, and the chain that feeds it the pieces in order. */
+  /** The upload part (absent: the whole object, checked by its ETag). */
+  part?: number;
+  /** Ranges of more than one piece: the MD5 so far, and the chain that feeds it the pieces in order. */
   hash?: Hash;
   chain: Promise<void>;
 }
@@ -90,12 +89,12 @@ function plan(size: number, m: Manifest | undefined, etag: string | undefined): 
     let offset = 0;
     m.object.partMd5.forEach((md5, i) => {
       const length = Math.min(i === 0 ? m.object.firstPartSize : m.object.partSize, size - offset);
-      checked.push({ offset, length, md5, what: `part ${i + 1}`, pieces: Math.ceil(length / PIECE), chain: Promise.resolve() });
+      checked.push({ offset, length, md5, part: i + 1, chain: Promise.resolve() });
       offset += length;
     });
     if (offset !== size) checked.length = 0; // the manifest does not describe this object's layout
   } else if (etag && size > 0) {
-    checked.push({ offset: 0, length: size, md5: etag, what: 'the object', pieces: Math.ceil(size / PIECE), chain: Promise.resolve() });
+    checked.push({ offset: 0, length: size, md5: etag, chain: Promise.resolve() });
   }
   const pieces: Piece[] = [];
   if (checked.length === 0) {
@@ -103,18 +102,18 @@ function plan(size: number, m: Manifest | undefined, etag: string | undefined): 
     return pieces;
   }
   for (const c of checked) {
-    if (c.pieces > 1) c.hash = createHash('md5');
+    if (c.length > PIECE) c.hash = createHash('md5');
     for (let at = 0; at < c.length; at += PIECE) pieces.push({ offset: c.offset + at, length: Math.min(PIECE, c.length - at), check: c, last: at + PIECE >= c.length });
   }
   return pieces;
 }
 
 function mismatch(url: string, c: Checked): FerryError {
-  return c.what === 'the object'
+  return c.part === undefined
     ? new FerryError('CHECKSUM_MISMATCH', `${url}: the downloaded bytes do not have the MD5 of the object's ETag (${c.md5})`, { remedy: 'The transfer was damaged: download again.' })
-    : new FerryError('CHECKSUM_MISMATCH', `${url}: ${c.what} (bytes ${c.offset}..${c.offset + c.length}) does not match the MD5 the upload recorded`, {
+    : new FerryError('CHECKSUM_MISMATCH', `${url}: part ${c.part} (bytes ${c.offset}..${c.offset + c.length}) does not match the MD5 the upload recorded`, {
         remedy: 'The object was damaged or altered in storage: upload the image again from its source.',
-        details: { part: Number(c.what.slice(5)), offset: c.offset, length: c.length },
+        details: { part: c.part, offset: c.offset, length: c.length },
       });
 }
 
@@ -202,16 +201,15 @@ export async function downloadObject(src: string, dest: string, opts: DownloadOp
           opts.onProgress?.({ done, total: info.size });
         }
       };
-      const settled = await Promise.allSettled(
+      await Promise.all(
         Array.from({ length: concurrency }, () =>
           worker().catch((error: unknown) => {
             failure ??= { error };
             stop.abort();
-            throw error;
           }),
         ),
       );
-      if (failure || settled.some((r) => r.status === 'rejected')) throw (failure ?? { error: new Error('the download failed') }).error;
+      if (failure) throw failure.error;
       await sink.truncate(info.size);
       if (etag && info.size === 0 && createHash('md5').digest('hex') !== etag) {
         throw new FerryError('CHECKSUM_MISMATCH', `${loc.url}: the object is empty, but its ETag (${etag}) is not the MD5 of nothing`, { remedy: 'Check the object on the server.' });
@@ -220,7 +218,7 @@ export async function downloadObject(src: string, dest: string, opts: DownloadOp
       let content: { digest: string } | undefined;
       if (manifest) {
         // Checked under its temporary name: a mismatch removes it.
-        content = { digest: await verifyContent('tempPath' in sink ? (sink.tempPath as string) : sink.path, manifest, loc.url, pool) };
+        content = { digest: await verifyContent(sink.tempPath ?? sink.path, manifest, loc.url, pool) };
         verified = 'manifest';
       }
       await sink.commit();
