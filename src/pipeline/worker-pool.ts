@@ -7,6 +7,8 @@ import { availableParallelism } from 'node:os';
 import { Worker, type TransferListItem } from 'node:worker_threads';
 import { FerryError } from '../errors.js';
 import { reviveFailure, type DecodeFailure } from './decode-job.js';
+import { refTo } from './buffer-pool.js';
+import type { DigestResult } from './pool-worker.js';
 
 /** A job as posted to a worker: `type` selects the handler in pool-worker.ts. */
 export interface PoolJob {
@@ -76,6 +78,17 @@ export class WorkerPool {
       this.queue.push({ job: { ...job, id: this.nextId++ } as PoolJob, transfer, resolve: resolve as (r: unknown) => void, reject });
       this.pump();
     });
+  }
+
+  /**
+   * Digests of `data` on a worker, one per algorithm ('md5', 'sha256', 'crc64': see
+   * pool-worker.ts). A range of a shared arena is read in place; any other buffer is transferred
+   * (detached here: pass a copy to keep it).
+   */
+  async digest(data: Buffer, algorithms: string[]): Promise<Buffer[]> {
+    const transfer: TransferListItem[] = [];
+    const r = await this.run<DigestResult>({ type: 'digest', input: refTo(data, transfer), algorithms }, transfer);
+    return r.digests.map((d) => Buffer.from(d));
   }
 
   private pump(): void {

@@ -2,9 +2,7 @@
 // are assembled in a small shared arena (or handed over as they are when one stream chunk is one
 // digest chunk) and hashed by the pool's workers, so the thread that drives the pipeline only
 // copies.
-import type { TransferListItem } from 'node:worker_threads';
-import { BufferPool, refTo } from '../pipeline/buffer-pool.js';
-import type { DigestResult } from '../pipeline/pool-worker.js';
+import { BufferPool } from '../pipeline/buffer-pool.js';
 import { streamVirtual, type VirtualChunk } from '../pipeline/virtual-stream.js';
 import type { DiskImage } from '../image/types.js';
 import { FerryError } from '../errors.js';
@@ -13,11 +11,7 @@ import { ContentHasher, MANIFEST_CHUNK, type ContentDigest } from './content-has
 
 /** SHA-256 on a worker of the pool (buffers not in a shared arena are handed over). */
 function poolSha256(pool: WorkerPool): (data: Buffer) => Promise<Buffer> {
-  return async (data) => {
-    const transfer: TransferListItem[] = [];
-    const r = await pool.run<DigestResult>({ type: 'digest', input: refTo(data, transfer), algorithms: ['sha256'] }, transfer);
-    return Buffer.from(r.digests[0]!);
-  };
+  return async (data) => (await pool.digest(data, ['sha256']))[0]!;
 }
 
 /**

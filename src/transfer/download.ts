@@ -17,9 +17,7 @@
 //   await downloadObject('s3://images/disk.qcow2', 'disk.qcow2');
 import { createHash, type Hash } from 'node:crypto';
 import { dirname } from 'node:path';
-import type { TransferListItem } from 'node:worker_threads';
-import { BufferPool, refTo } from '../pipeline/buffer-pool.js';
-import type { DigestResult } from '../pipeline/pool-worker.js';
+import { BufferPool } from '../pipeline/buffer-pool.js';
 import { defaultWorkers, WorkerPool } from '../pipeline/worker-pool.js';
 import { FerryError } from '../errors.js';
 import { isAllZero } from '../io/zero.js';
@@ -120,9 +118,7 @@ function mismatch(url: string, c: Checked): FerryError {
 /** MD5 of `data` on the pool (shared arena ranges are read in place), or on this thread. */
 async function md5Of(data: Buffer, pool: WorkerPool | undefined): Promise<string> {
   if (!pool || !(data.buffer instanceof SharedArrayBuffer)) return createHash('md5').update(data).digest('hex');
-  const transfer: TransferListItem[] = [];
-  const r = await pool.run<DigestResult>({ type: 'digest', input: refTo(data, transfer), algorithms: ['md5'] }, transfer);
-  return Buffer.from(r.digests[0]!).toString('hex');
+  return (await pool.digest(data, ['md5']))[0]!.toString('hex');
 }
 
 export async function downloadObject(src: string, dest: string, opts: DownloadOptions = {}): Promise<DownloadResult> {

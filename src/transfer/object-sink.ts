@@ -16,10 +16,8 @@
 import { createHash } from 'node:crypto';
 import { FerryError } from '../errors.js';
 import type { Sink } from '../io/sink.js';
-import { BufferPool, fromRef, refTo } from '../pipeline/buffer-pool.js';
-import type { DigestResult } from '../pipeline/pool-worker.js';
+import { BufferPool } from '../pipeline/buffer-pool.js';
 import type { WorkerPool } from '../pipeline/worker-pool.js';
-import type { TransferListItem } from 'node:worker_threads';
 import type { ObjectStore } from '../storage/store.js';
 import type { RateLimiter } from './rate-limit.js';
 import { crc64 } from '../storage/crc64.js';
@@ -213,12 +211,10 @@ export class ObjectSink implements Sink {
       return { md5: d };
     }
     if (!this.o.pool) return { md5: createHash('md5').update(data).digest(), ...(withCrc ? { crc: crc64(data) } : {}) };
-    const transfer: TransferListItem[] = [];
-    const shared = data.buffer instanceof SharedArrayBuffer;
-    const input = refTo(shared ? data : Buffer.from(data), transfer);
-    const r = await this.o.pool.run<DigestResult>({ type: 'digest', input, algorithms: withCrc ? ['md5', 'crc64'] : ['md5'] }, transfer);
-    if (!shared) void fromRef(r.input); // the copy came back; nothing to hand back
-    return { md5: Buffer.from(r.digests[0]!), ...(withCrc ? { crc: Buffer.from(r.digests[1]!).readBigUInt64BE() } : {}) };
+    // A buffer outside the shared arena would be transferred away: the worker gets a copy.
+    const input = data.buffer instanceof SharedArrayBuffer ? data : Buffer.from(data);
+    const d = await this.o.pool.digest(input, withCrc ? ['md5', 'crc64'] : ['md5']);
+    return { md5: d[0]!, ...(withCrc ? { crc: d[1]!.readBigUInt64BE() } : {}) };
   }
 
   /** Uploads part `p` (its first `length` bytes), waiting for room among the parts in flight. */

@@ -37,7 +37,8 @@ import { FIRST_PART_MIN, ObjectSink } from './object-sink.js';
 import { RateLimiter } from './rate-limit.js';
 import { toolVersion } from '../version.js';
 
-export const MIN_PART = 5 * 1024 * 1024;
+const MIB = 1024 * 1024;
+export const MIN_PART = 5 * MIB;
 export const MAX_PART = 5 * 1024 * 1024 * 1024;
 export const MAX_PARTS = 10_000;
 /**
@@ -121,8 +122,7 @@ function interrupted(): FerryError {
 
 /** Part size for an object of at most `maxBytes`: 16 MiB, or more so that 10,000 parts hold it. */
 export function choosePartSize(maxBytes: number): number {
-  const mib = 1024 * 1024;
-  return Math.max(DEFAULT_PART, Math.ceil(maxBytes / (MAX_PARTS - 10) / mib) * mib);
+  return Math.max(DEFAULT_PART, Math.ceil(maxBytes / (MAX_PARTS - 10) / MIB) * MIB);
 }
 
 async function identity(path: string): Promise<SourceIdentity> {
@@ -160,8 +160,7 @@ function plan(image: DiskImage, fileSize: number, opts: UploadOptions, uniformPa
   // must all be the same size, no part can be smaller than that (VMDK monolithicSparse keeps
   // 128 MiB of grain tables there for a 1 TiB disk).
   const headBytes = spec ? headBytesFor(spec, image.virtualSize, 'measure') : 0;
-  const mib = 1024 * 1024;
-  const fitted = uniformParts ? Math.max(choosePartSize(maxBytes), Math.ceil(headBytes / mib) * mib) : choosePartSize(maxBytes);
+  const fitted = uniformParts ? Math.max(choosePartSize(maxBytes), Math.ceil(headBytes / MIB) * MIB) : choosePartSize(maxBytes);
   if (headBytes > MAX_PART) {
     throw new FerryError('USAGE', `a ${spec!.format} output of this ${image.virtualSize}-byte disk starts with ${headBytes} bytes of tables, more than one part can hold (5 GiB)`, {
       remedy: spec!.format === 'vmdk' ? 'Upload it as streamOptimized VMDK (the default), or as qcow2.' : 'Upload it in another format (--to qcow2).',
@@ -173,7 +172,7 @@ function plan(image: DiskImage, fileSize: number, opts: UploadOptions, uniformPa
   }
   if (uniformParts && partSize < headBytes) {
     throw new FerryError('USAGE', `this store needs parts of one size, and the ${spec!.format} output's header and tables (${headBytes} bytes) must fit in part 1: --part-size ${partSize} is too small`, {
-      remedy: `Give --part-size ${Math.ceil(headBytes / mib)}M or more, or leave it out to have it chosen.`,
+      remedy: `Give --part-size ${Math.ceil(headBytes / MIB)}M or more, or leave it out to have it chosen.`,
     });
   }
   // +1: part 1 may be shorter than the others (object-sink.ts FIRST_PART_MIN).
